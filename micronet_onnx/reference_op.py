@@ -1,0 +1,137 @@
+"""A numpy reference of TernaryConv for `onnx.reference`, so any exported file can be checked
+without the C++ library.
+
+It is written for clarity, not speed: it decodes the weight with `ternary_format` and runs a
+float64 convolution, so it is the yardstick the C++ kernels are held to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from onnx.reference.op_run import OpRun
+
+from . import ternary_format as tf
+
+
+def conv2d_nchw(
+    x: np.ndarray,
+    w: np.ndarray,
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    dilations: tuple[int, int],
+    group: int,
+) -> np.ndarray:
+    """Grouped 2-D cross-correlation in float64 (ONNX Conv semantics, no bias)."""
+    b, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    if c != cg * group:
+        raise tf.FormatError(f"input has {c} channels, weight expects {cg * group}")
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (xp.shape[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    if oh <= 0 or ow <= 0:
+        raise tf.FormatError("kernel larger than padded input")
+    out = np.zeros((b, m, oh, ow), dtype=np.float64)
+    mg = m // group
+    for g in range(group):
+        xg = xp[:, g * cg : (g + 1) * cg]
+        wg = w[g * mg : (g + 1) * mg].astype(np.float64)
+        for i in range(kh):
+            for j in range(kw):
+                r0, c0 = i * dilations[0], j * dilations[1]
+                patch = xg[:, :, r0 : r0 + strides[0] * (oh - 1) + 1 : strides[0], c0 : c0 + strides[1] * (ow - 1) + 1 : strides[1]]
+                out[:, g * mg : (g + 1) * mg] += np.einsum("bchw,mc->bmhw", patch, wg[:, :, i, j])
+    return out
+
+
+def ternary_conv(
+    x: np.ndarray,
+    mask: np.ndarray,
+    sign: np.ndarray,
+    centroids: np.ndarray,
+    scale: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    in_channels: np.ndarray | None = None,
+    out_channels: np.ndarray | None = None,
+    attrs: tf.ConvAttrs | None = None,
+) -> np.ndarray:
+    """Evaluate one TernaryConv node on float32 input; returns float32."""
+    if attrs is None:
+        raise tf.FormatError("attributes are required")
+    x = np.asarray(x)
+    if x.dtype != np.float32 or x.ndim != 4:
+        raise tf.FormatError(f"X must be float32 [B, C, H, W], got {x.dtype} {list(x.shape)}")
+    weight = tf.decode_weight(mask, sign, centroids, attrs.weight_shape)
+    m_stored, m_out = attrs.m_stored, attrs.m_out
+    if in_channels is not None:
+        if attrs.group != 1:
+            raise tf.FormatError("in_channels requires group == 1")
+        idx = _channel_map(in_channels, attrs.weight_shape[1], x.shape[1], "in_channels")
+        x = x[:, idx]
+    conv = conv2d_nchw(x, weight, attrs.strides, attrs.pads, attrs.dilations, attrs.group)
+    if out_channels is not None:
+        rows = _channel_map(out_channels, m_stored, m_out, "out_channels")
+    elif m_out != m_stored:
+        raise tf.FormatError("num_output_channels differs from weight_shape[0] without out_channels")
+    else:
+        rows = np.arange(m_stored)
+    full = np.zeros((x.shape[0], m_out, *conv.shape[2:]), dtype=np.float64)
+    full[:, rows] = conv
+    if scale is not None:
+        full *= _per_channel(scale, m_out, "scale")
+    if bias is not None:
+        full += _per_channel(bias, m_out, "bias")
+    if attrs.activation == "Relu":
+        full = np.maximum(full, 0.0)
+    return full.astype(np.float32)
+
+
+def _per_channel(v: np.ndarray, m_out: int, name: str) -> np.ndarray:
+    v = np.asarray(v)
+    if v.dtype != tf.AFFINE_DTYPE or v.shape != (m_out,):
+        raise tf.FormatError(f"{name} must be float16 [{m_out}], got {v.dtype} {list(v.shape)}")
+    return v.astype(np.float64).reshape(1, m_out, 1, 1)
+
+
+def _channel_map(v: np.ndarray, length: int, bound: int, name: str) -> np.ndarray:
+    v = np.asarray(v)
+    if v.dtype != tf.CHANNEL_MAP_DTYPE or v.shape != (length,):
+        raise tf.FormatError(f"{name} must be int32 [{length}], got {v.dtype} {list(v.shape)}")
+    if v.size and (v.min() < 0 or v.max() >= bound):
+        raise tf.FormatError(f"{name} has an index outside [0, {bound})")
+    if np.unique(v).size != v.size:
+        raise tf.FormatError(f"{name} repeats an index")
+    return v.astype(np.int64)
+
+
+class TernaryConv(OpRun):
+    """`onnx.reference` kernel for ``micronet::TernaryConv``."""
+
+    op_domain = tf.DOMAIN
+
+    def _run(self, x, mask, sign, centroids, scale=None, bias=None, in_channels=None, out_channels=None, **_: Any):
+        attrs = {}
+        for name in (
+            tf.ATTR_WEIGHT_SHAPE,
+            tf.ATTR_STRIDES,
+            tf.ATTR_PADS,
+            tf.ATTR_DILATIONS,
+            tf.ATTR_GROUP,
+            tf.ATTR_OUT_CHANNELS,
+            tf.ATTR_ACTIVATION,
+        ):
+            value = getattr(self, name, None)
+            if value is not None:
+                attrs[name] = value
+        conv_attrs = tf.ConvAttrs.from_onnx(attrs)
+        y = ternary_conv(x, mask, sign, centroids, scale, bias, in_channels, out_channels, attrs=conv_attrs)
+        return (y,)
+
+
+def reference_evaluator(model: Any, **kwargs: Any):
+    """An `onnx.reference.ReferenceEvaluator` that knows ``micronet::TernaryConv``."""
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model, new_ops=[TernaryConv], **kwargs)

@@ -1,0 +1,245 @@
+"""The TernaryConv file format: the one place its constants and bit layouts live.
+
+The exporter writes it, the scorer counts it, the numpy reference op and the tests read it, and
+`runtime_ops/` mirrors these constants in C++ (its tests cross-check them against this module).
+The normative description is `docs/ternary-conv.md`; keep the two in step, and when the layout
+changes bump `OPSET_VERSION` and keep reading the old one.
+
+Layout of one node (domain ``micronet``, opset 1, op ``TernaryConv``):
+
+====  ===================  =========  ====================================================
+idx   name                 dtype      meaning
+====  ===================  =========  ====================================================
+0     X                    float32    ``[B, C, H, W]`` activations
+1     mask                 uint8      1 bit per stored weight, row-major, LSB first; 1 = non-zero
+2     sign                 uint8      1 bit per set mask bit, same order; 1 = positive
+3     centroids            float16    ``[2]`` = ``[negative value, positive value]``
+4     scale     (opt.)     float16    ``[M_out]`` per-output-channel multiplier (folded BN scale)
+5     bias      (opt.)     float16    ``[M_out]`` per-output-channel bias (folded BN shift)
+6     in_channels (opt.)   int32      ``[N_stored]`` which channels of X the stored weight reads
+7     out_channels (opt.)  int32      ``[M_stored]`` which output channels the stored rows write
+====  ===================  =========  ====================================================
+
+``Y[:, o] = act(scale[o] * conv(X[:, in_channels], W)[row(o)] + bias[o])`` where an output
+channel with no stored row has ``conv = 0``, i.e. it is the constant plane ``act(bias[o])``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DOMAIN = "micronet"
+OPSET_VERSION = 1
+"""Version of the ``micronet`` domain; it is the format version of every op in the domain."""
+OP_TYPE = "TernaryConv"
+SUPPORTED_OPSET_VERSIONS = (1,)
+
+# Input positions (the contract fixes 0..3; 4..7 are optional and may be given as empty names).
+IN_X = 0
+IN_MASK = 1
+IN_SIGN = 2
+IN_CENTROIDS = 3
+IN_SCALE = 4
+IN_BIAS = 5
+IN_IN_CHANNELS = 6
+IN_OUT_CHANNELS = 7
+NUM_REQUIRED_INPUTS = 4
+MAX_INPUTS = 8
+INPUT_NAMES = ("X", "mask", "sign", "centroids", "scale", "bias", "in_channels", "out_channels")
+
+# Attributes.
+ATTR_WEIGHT_SHAPE = "weight_shape"  # ints [M_stored, N_stored / group, kH, kW]; required
+ATTR_STRIDES = "strides"  # ints [sH, sW]; default [1, 1]
+ATTR_PADS = "pads"  # ints [top, left, bottom, right]; default zeros
+ATTR_DILATIONS = "dilations"  # ints [dH, dW]; default [1, 1]
+ATTR_GROUP = "group"  # int; default 1
+ATTR_OUT_CHANNELS = "num_output_channels"  # int M_out; default M_stored (needed with out_channels)
+ATTR_ACTIVATION = "activation"  # string: "" (none) or "Relu"; default ""
+
+ACTIVATIONS = ("", "Relu")
+
+MASK_DTYPE = np.uint8
+SIGN_DTYPE = np.uint8
+CENTROID_DTYPE = np.float16
+AFFINE_DTYPE = np.float16  # scale and bias
+CHANNEL_MAP_DTYPE = np.int32
+BIT_ORDER = "little"  # least significant bit first within each byte
+
+
+class FormatError(ValueError):
+    """A TernaryConv node or tensor that does not follow the format."""
+
+
+def packed_length(num_bits: int) -> int:
+    """Bytes needed for ``num_bits`` bits."""
+    return (int(num_bits) + 7) // 8
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """Flatten a boolean array row-major and pack it LSB first into uint8."""
+    return np.packbits(np.asarray(bits, dtype=bool).reshape(-1), bitorder=BIT_ORDER)
+
+
+def unpack_bits(packed: np.ndarray, count: int) -> np.ndarray:
+    """Unpack the first ``count`` bits (LSB first) of a uint8 array into a bool vector."""
+    packed = np.asarray(packed)
+    if packed.dtype != MASK_DTYPE:
+        raise FormatError(f"bit array must be uint8, got {packed.dtype}")
+    if packed.ndim != 1 or packed.size != packed_length(count):
+        raise FormatError(f"bit array holds {packed.size} bytes, expected {packed_length(count)} for {count} bits")
+    bits = np.unpackbits(packed, bitorder=BIT_ORDER).astype(bool)
+    if bits[count:].any():
+        raise FormatError("padding bits after the last bit must be 0")
+    return bits[:count]
+
+
+@dataclass(frozen=True)
+class PackedTernary:
+    """A ternary weight tensor in its stored form."""
+
+    mask: np.ndarray  # uint8 [ceil(numel / 8)]
+    sign: np.ndarray  # uint8 [ceil(nnz / 8)]
+    centroids: np.ndarray  # float16 [2] = [negative, positive]
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nnz(self) -> int:
+        return int(unpack_bits(self.mask, self.numel).sum())
+
+
+def pack_ternary(codes: np.ndarray, w_neg: float, w_pos: float) -> PackedTernary:
+    """Pack a code tensor in {-1, 0, +1} with centroid magnitudes into the stored form.
+
+    ``w_neg`` is the (negative) value of the -1 code, ``w_pos`` the value of the +1 code; both are
+    stored as float16, which is what the file's function is defined by.
+    """
+    codes = np.asarray(codes)
+    if not np.isin(codes, (-1, 0, 1)).all():
+        raise FormatError("ternary codes must be in {-1, 0, +1}")
+    flat = codes.reshape(-1)
+    nz = flat != 0
+    return PackedTernary(
+        mask=pack_bits(nz),
+        sign=pack_bits(flat[nz] > 0),
+        centroids=np.array([w_neg, w_pos], dtype=CENTROID_DTYPE),
+        shape=tuple(int(s) for s in codes.shape),
+    )
+
+
+def unpack_codes(mask: np.ndarray, sign: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode the two bit arrays into an int8 code tensor in {-1, 0, +1}."""
+    numel = int(np.prod(shape))
+    nz = unpack_bits(mask, numel)
+    nnz = int(nz.sum())
+    sign = np.asarray(sign)
+    if sign.dtype != SIGN_DTYPE or sign.ndim != 1 or sign.size != packed_length(nnz):
+        raise FormatError(
+            f"sign holds {sign.size} bytes of {sign.dtype}, expected {packed_length(nnz)} uint8 "
+            f"bytes for {nnz} non-zeros"
+        )
+    positive = unpack_bits(sign, nnz)
+    codes = np.zeros(numel, dtype=np.int8)
+    codes[np.flatnonzero(nz)] = np.where(positive, 1, -1)
+    return codes.reshape(shape)
+
+
+def decode_weight(mask: np.ndarray, sign: np.ndarray, centroids: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 weight tensor a stored ternary tensor stands for."""
+    centroids = np.asarray(centroids)
+    if centroids.dtype != CENTROID_DTYPE or centroids.shape != (2,):
+        raise FormatError(f"centroids must be float16 [2], got {centroids.dtype} {list(centroids.shape)}")
+    codes = unpack_codes(mask, sign, shape)
+    c = centroids.astype(np.float32)
+    out = np.zeros(codes.shape, dtype=np.float32)
+    out[codes < 0] = c[0]
+    out[codes > 0] = c[1]
+    return out
+
+
+@dataclass(frozen=True)
+class ConvAttrs:
+    """The attributes of a TernaryConv node with defaults applied and ranges checked."""
+
+    weight_shape: tuple[int, int, int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+    num_output_channels: int = 0  # 0 = M_stored
+    activation: str = ""
+
+    @property
+    def m_stored(self) -> int:
+        return self.weight_shape[0]
+
+    @property
+    def m_out(self) -> int:
+        return self.num_output_channels or self.weight_shape[0]
+
+    def validate(self) -> ConvAttrs:
+        ws = self.weight_shape
+        if len(ws) != 4 or any(int(v) <= 0 for v in ws):
+            raise FormatError(f"weight_shape must be 4 positive ints, got {list(ws)}")
+        if len(self.strides) != 2 or any(s <= 0 for s in self.strides):
+            raise FormatError(f"strides must be 2 positive ints, got {list(self.strides)}")
+        if len(self.dilations) != 2 or any(d <= 0 for d in self.dilations):
+            raise FormatError(f"dilations must be 2 positive ints, got {list(self.dilations)}")
+        if len(self.pads) != 4 or any(p < 0 for p in self.pads):
+            raise FormatError(f"pads must be 4 non-negative ints, got {list(self.pads)}")
+        if self.group <= 0 or ws[0] % self.group:
+            raise FormatError(f"group {self.group} must be positive and divide weight_shape[0]={ws[0]}")
+        if self.num_output_channels < 0:
+            raise FormatError("num_output_channels must be non-negative")
+        if self.num_output_channels and self.num_output_channels < ws[0]:
+            raise FormatError(f"num_output_channels {self.num_output_channels} < weight_shape[0] {ws[0]}")
+        if self.activation not in ACTIVATIONS:
+            raise FormatError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        limit = 1 << 24
+        if any(v > limit for v in (*ws, *self.strides, *self.pads, *self.dilations, self.num_output_channels)):
+            raise FormatError("an attribute value is out of range")
+        return self
+
+    def to_onnx(self) -> dict:
+        """Keyword attributes for ``onnx.helper.make_node``."""
+        attrs: dict = {
+            ATTR_WEIGHT_SHAPE: list(self.weight_shape),
+            ATTR_STRIDES: list(self.strides),
+            ATTR_PADS: list(self.pads),
+            ATTR_DILATIONS: list(self.dilations),
+            ATTR_GROUP: int(self.group),
+        }
+        if self.num_output_channels:
+            attrs[ATTR_OUT_CHANNELS] = int(self.num_output_channels)
+        if self.activation:
+            attrs[ATTR_ACTIVATION] = self.activation
+        return attrs
+
+    @classmethod
+    def from_onnx(cls, attrs: dict) -> ConvAttrs:
+        """Build from a name -> python value mapping (``onnx.helper.get_attribute_value``)."""
+        if ATTR_WEIGHT_SHAPE not in attrs:
+            raise FormatError("missing required attribute weight_shape")
+        act = attrs.get(ATTR_ACTIVATION, "")
+        if isinstance(act, bytes):
+            act = act.decode("utf-8", "replace")
+        return cls(
+            weight_shape=tuple(int(v) for v in attrs[ATTR_WEIGHT_SHAPE]),
+            strides=tuple(int(v) for v in attrs.get(ATTR_STRIDES, (1, 1))),
+            pads=tuple(int(v) for v in attrs.get(ATTR_PADS, (0, 0, 0, 0))),
+            dilations=tuple(int(v) for v in attrs.get(ATTR_DILATIONS, (1, 1))),
+            group=int(attrs.get(ATTR_GROUP, 1)),
+            num_output_channels=int(attrs.get(ATTR_OUT_CHANNELS, 0)),
+            activation=str(act),
+        ).validate()
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        kh, kw = self.weight_shape[2], self.weight_shape[3]
+        oh = (h + self.pads[0] + self.pads[2] - self.dilations[0] * (kh - 1) - 1) // self.strides[0] + 1
+        ow = (w + self.pads[1] + self.pads[3] - self.dilations[1] * (kw - 1) - 1) // self.strides[1] + 1
+        return oh, ow
