@@ -1,0 +1,76 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with
+``torch.load(weights_only=True)`` so opening one never runs code from the file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .ec2t import EC2TConfig, ternarize_model
+from .model import MicroNet, MicroNetConfig
+
+FORMAT = "micronet-onnx/checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not ours."""
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it.
+
+    A run killed mid-write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and sanity-check a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a micronet-onnx checkpoint")
+    if int(ckpt.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')}, this tool reads <= {VERSION}")
+    return ckpt
+
+
+def build_model(ckpt: dict[str, Any], *, best: bool = True) -> MicroNet:
+    """The model a checkpoint holds, in eval mode (the selected weights when ``best``)."""
+    model = MicroNet(MicroNetConfig.from_dict(ckpt["model_config"]))
+    if ckpt.get("ternary") is not None:
+        ternarize_model(model, EC2TConfig.from_dict(ckpt["ternary"]))
+    state = ckpt.get("best_state_dict") if best and ckpt.get("best_state_dict") is not None else ckpt["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit its model config: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_model(path: str | Path, *, best: bool = True) -> tuple[MicroNet, dict[str, Any]]:
+    """Convenience: (eval-mode model, checkpoint dict)."""
+    ckpt = load(path)
+    return build_model(ckpt, best=best), ckpt

@@ -1,0 +1,272 @@
+"""EC2T: Entropy-Constrained Trained Ternarization, as a transformation with a config object.
+
+`ternarize_model(model, config)` swaps every 3x3 block conv for a `TernaryConv2d`: a full-precision
+background weight, two trainable centroid magnitudes ``w_p, w_n > 0`` and an int8 assignment
+``codes`` in {-1, 0, +1}. The forward pass uses ``w_p * [codes = +1] - w_n * [codes = -1]``.
+`EC2TQuantizer.after_step()` runs after every optimizer step: it floors the centroids and re-assigns
+every weight with the entropy-constrained rule. Facts from the authors' code are in
+`../shared/paper/ec2t-reference.md`; the choices we made differently are in `docs/ec2t.md`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import MicroNet, ternarizable_convs
+
+WN_GRAD_CHOICES = ("true", "ttq")
+
+
+@dataclass(frozen=True)
+class EC2TConfig:
+    """Every knob of EC2T; the defaults are the reference CIFAR-100 run."""
+
+    lambda_gain: float = 0.15  # gamma: scales the entropy term, steers sparsity
+    centroid_init: float = 0.45  # s: w_p = s*|max W|, w_n = s*|min W| at the start
+    zero_share_floor: float = 0.5  # P_0 is raised to at least this before computing I_c
+    centroid_floor: float = 0.675  # after each step, w_p, w_n >= centroid_floor * std(W_fp)
+    wn_grad: str = "true"  # "true": d loss / d w_n of weight -w_n; "ttq": the reference code's sign
+    lr_weights: float = 1e-4  # Adam for the background weights (no weight decay)
+    lr_centroids: float = 1e-5  # Adam for w_p, w_n
+    lr_other: float = 1e-4  # Adam for the non-quantized parameters
+    wd_other: float = 5e-6
+
+    def validate(self) -> EC2TConfig:
+        if self.lambda_gain < 0:
+            raise ValueError(f"lambda gain must be >= 0, got {self.lambda_gain}")
+        if not (0 < self.centroid_init <= 1):
+            raise ValueError(f"centroid init must be in (0, 1], got {self.centroid_init}")
+        if not (0 <= self.zero_share_floor < 1):
+            raise ValueError(f"zero share floor must be in [0, 1), got {self.zero_share_floor}")
+        if self.wn_grad not in WN_GRAD_CHOICES:
+            raise ValueError(f"wn_grad must be one of {WN_GRAD_CHOICES}, got {self.wn_grad!r}")
+        for name in ("lr_weights", "lr_centroids", "lr_other"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EC2TConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class _Ternarize(torch.autograd.Function):
+    """Ternary weight forward; scaled straight-through gradients backward."""
+
+    @staticmethod
+    def forward(ctx, weight, w_p, w_n, codes, ttq_sign: bool):  # type: ignore[override]
+        pos = codes == 1
+        neg = codes == -1
+        ctx.save_for_backward(pos, neg, w_p, w_n)
+        ctx.ttq_sign = ttq_sign
+        return w_p * pos - w_n * neg
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        pos, neg, w_p, w_n = ctx.saved_tensors
+        g_weight = None
+        if ctx.needs_input_grad[0]:
+            # scaled STE: w_p * g on + positions, w_n * g on - positions, g on zeros
+            g_weight = torch.where(pos, g * w_p, torch.where(neg, g * w_n, g))
+        g_pos = (g * pos).sum()
+        g_neg = (g * neg).sum()
+        return g_weight, g_pos, (g_neg if ctx.ttq_sign else -g_neg), None, None
+
+
+class TernaryConv2d(nn.Conv2d):
+    """A conv whose forward weight is ternary: {-w_n, 0, +w_p} chosen by ``codes``."""
+
+    def __init__(self, *args, wn_grad: str = "true", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.w_p = nn.Parameter(torch.tensor(1.0))
+        self.w_n = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("codes", torch.zeros(self.weight.shape, dtype=torch.int8))
+        self.wn_grad = wn_grad
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, config: EC2TConfig) -> TernaryConv2d:
+        layer = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, wn_grad=config.wn_grad,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+            w = layer.weight
+            layer.w_p.fill_(config.centroid_init * w.max().abs().item())
+            layer.w_n.fill_(config.centroid_init * w.min().abs().item())
+            layer.codes.copy_(nearest_codes(w, layer.w_p, layer.w_n))
+        return layer.to(conv.weight.device)
+
+    def ternary_weight(self) -> torch.Tensor:
+        return _Ternarize.apply(self.weight, self.w_p, self.w_n, self.codes, self.wn_grad == "ttq")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.ternary_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @property
+    def sparsity(self) -> float:
+        return float((self.codes == 0).float().mean())
+
+    def dead_channels(self) -> int:
+        """Output channels whose whole filter is zero."""
+        return int((self.codes.flatten(1) == 0).all(1).sum())
+
+
+def nearest_codes(w: torch.Tensor, w_p: torch.Tensor, w_n: torch.Tensor) -> torch.Tensor:
+    """Nearest-centroid assignment to {-w_n, 0, +w_p} as int8 codes (ties go to zero)."""
+    return entropy_constrained_codes(w, w_p, w_n, lam=torch.zeros((), device=w.device), info=None)
+
+
+def entropy_constrained_codes(w: torch.Tensor, w_p: torch.Tensor, w_n: torch.Tensor, lam: torch.Tensor,
+                              info: torch.Tensor | None) -> torch.Tensor:
+    """``argmin_c (w - C_c)^2 + lam * I_c`` over C = [-w_n, 0, +w_p], as codes -1/0/+1."""
+    cost_neg = (w + w_n) ** 2
+    cost_zero = w**2
+    cost_pos = (w - w_p) ** 2
+    if info is not None:
+        cost_neg = cost_neg + lam * info[0]
+        cost_zero = cost_zero + lam * info[1]
+        cost_pos = cost_pos + lam * info[2]
+    codes = torch.zeros(w.shape, dtype=torch.int8, device=w.device)
+    codes[(cost_neg < cost_zero) & (cost_neg <= cost_pos)] = -1
+    codes[(cost_pos < cost_zero) & (cost_pos < cost_neg)] = 1
+    return codes
+
+
+def cluster_information(codes: torch.Tensor, zero_share_floor: float) -> torch.Tensor:
+    """I_c = -log2 P_c of the shares of [-, 0, +], with P_0 raised to ``zero_share_floor``.
+
+    Raising P_0 takes the missing share from P_- and P_+ in proportion, as the reference code does,
+    so a layer that starts dense is not pushed to zero by a huge I_0.
+    """
+    n = codes.numel()
+    p = torch.stack([(codes == -1).sum(), (codes == 0).sum(), (codes == 1).sum()]).double() / n
+    if p[1] < zero_share_floor:
+        deficit = zero_share_floor - p[1]
+        nonzero = p[0] + p[2]
+        if nonzero > 0:
+            p[0] = p[0] - deficit * p[0] / nonzero
+            p[2] = p[2] - deficit * p[2] / nonzero
+        p[1] = zero_share_floor
+    return -torch.log2(p.clamp_min(1e-12))
+
+
+class EC2TQuantizer:
+    """Owns the ternary layers of a model and runs EC2T's per-step updates on them."""
+
+    def __init__(self, model: nn.Module, config: EC2TConfig) -> None:
+        self.config = config.validate()
+        self.layers: list[tuple[str, TernaryConv2d]] = ternary_layers(model)
+        if not self.layers:
+            raise ValueError("model has no ternary layers; call ternarize_model first")
+        n_max = max(layer.weight.numel() for _, layer in self.layers)
+        # delta_l = (N_l / N_max + 0.05) / 1.05 scales lambda by layer size
+        self.delta = [(layer.weight.numel() / n_max + 0.05) / 1.05 for _, layer in self.layers]
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """Fix the assignment: from now on only centroids and non-quantized parameters train."""
+        self.frozen = True
+        for _, layer in self.layers:
+            layer.weight.requires_grad_(False)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Adam parameter groups: background weights, centroids, everything else."""
+        c = self.config
+        weights = [layer.weight for _, layer in self.layers]
+        centroids = [p for _, layer in self.layers for p in (layer.w_p, layer.w_n)]
+        taken = {id(p) for p in weights + centroids}
+        other = [p for p in model.parameters() if id(p) not in taken]
+        groups = [
+            {"params": centroids, "lr": c.lr_centroids, "weight_decay": 0.0, "name": "centroids"},
+            {"params": other, "lr": c.lr_other, "weight_decay": c.wd_other, "name": "other"},
+        ]
+        if not self.frozen:
+            groups.insert(0, {"params": weights, "lr": c.lr_weights, "weight_decay": 0.0, "name": "weights"})
+        return groups
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.floor_centroids()
+        if not self.frozen:
+            self.reassign()
+
+    @torch.no_grad()
+    def floor_centroids(self) -> None:
+        for _, layer in self.layers:
+            floor = self.config.centroid_floor * layer.weight.std()
+            layer.w_p.clamp_(min=floor)
+            layer.w_n.clamp_(min=floor)
+
+    @torch.no_grad()
+    def lambdas(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (lambda_l, I) for the current assignment."""
+        out = []
+        gamma = self.config.lambda_gain
+        for delta, (_, layer) in zip(self.delta, self.layers):
+            w = layer.weight
+            info = cluster_information(nearest_codes(w, layer.w_p, layer.w_n), self.config.zero_share_floor)
+            w_min, w_max = w.min().double(), w.max().double()
+            w_n, w_p = layer.w_n.double(), layer.w_p.double()
+            eps = 1e-12
+            lmax_n = (w_min**2 - (w_min.abs() - w_n) ** 2) / (info[0] - info[1]).clamp_min(eps)
+            lmax_p = (w_max**2 - (w_max - w_p) ** 2) / (info[2] - info[1]).clamp_min(eps)
+            lam = (gamma * delta * torch.minimum(lmax_n, lmax_p)).clamp_min(0.0)
+            out.append((lam.to(w.dtype), info.to(w.dtype)))
+        return out
+
+    @torch.no_grad()
+    def reassign(self) -> None:
+        for (lam, info), (_, layer) in zip(self.lambdas(), self.layers):
+            layer.codes.copy_(entropy_constrained_codes(layer.weight, layer.w_p, layer.w_n, lam, info))
+
+    def stats(self) -> list[dict]:
+        """Per-layer sparsity, centroids and dead channels (plain data for tables and logs)."""
+        rows = []
+        for name, layer in self.layers:
+            rows.append({
+                "layer": name,
+                "shape": list(layer.weight.shape),
+                "sparsity": layer.sparsity,
+                "w_n": -layer.w_n.item(),
+                "w_p": layer.w_p.item(),
+                "dead_channels": layer.dead_channels(),
+            })
+        return rows
+
+
+def ternary_layers(model: nn.Module) -> list[tuple[str, TernaryConv2d]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, TernaryConv2d)]
+
+
+def ternarize_model(model: MicroNet, config: EC2TConfig) -> MicroNet:
+    """Replace every block 3x3 conv by a `TernaryConv2d` initialised from its weights (in place)."""
+    config.validate()
+    for name, conv in ternarizable_convs(model):
+        if isinstance(conv, TernaryConv2d):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, TernaryConv2d.from_conv(conv, config))
+    return model
+
+
+def overall_sparsity(model: nn.Module) -> float:
+    """Share of zeros over all ternary weights."""
+    layers = ternary_layers(model)
+    total = sum(layer.codes.numel() for _, layer in layers)
+    zeros = sum(int((layer.codes == 0).sum()) for _, layer in layers)
+    return zeros / total if total else 0.0
+
+
+def is_ternary(model: nn.Module) -> bool:
+    return bool(ternary_layers(model))
