@@ -1,0 +1,137 @@
+"""`mnx`: a thin command line over the library; every command's work lives in a module of its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, NoReturn, Optional
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(
+    name="mnx",
+    help="Train, ternarize (EC2T), export, run and score sparse ternary MicroNet CNNs.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr and a non-zero exit: 2 for usage errors, 1 for failed checks."""
+    typer.echo(f"mnx: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause (bad values, missing or foreign files) into exit 2."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        fail(_first_line(e))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mnx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Train, ternarize (EC2T), export, run and score sparse ternary MicroNet CNNs."""
+
+
+@app.command()
+def train(
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint path (written atomically every epoch)."),
+    dataset: str = typer.Option("digits", help="digits (embedded, offline), cifar10 or cifar100."),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder holding cifar-10-batches-py/ or cifar-100-python/."),
+    download: bool = typer.Option(False, help="Download the CIFAR archive into --data-dir (checksum-verified)."),
+    val_fraction: float = typer.Option(0.1, help="Share of the training set held out for model selection."),
+    model: str = typer.Option("auto", help="micronet-c10, micronet-c100, baseline (d=w=1), micronet (custom) "
+                              "or auto (the paper preset for the dataset's classes)."),
+    depth: Optional[float] = typer.Option(None, help="Depth multiplier d (blocks per stage = ceil(7d))."),
+    width: Optional[float] = typer.Option(None, help="Width multiplier w (channels 16w/32w/64w, rounded to 8)."),
+    dropout: float = typer.Option(0.2, help="Dropout inside the blocks."),
+    epochs: int = typer.Option(250, help="Full-precision epochs (SGD, Nesterov, cosine)."),
+    batch_size: int = typer.Option(128, help="Mini-batch size."),
+    lr: float = typer.Option(0.1, help="Full-precision learning rate."),
+    momentum: float = typer.Option(0.9, help="SGD Nesterov momentum."),
+    weight_decay: float = typer.Option(5e-4, help="Full-precision weight decay."),
+    augment: bool = typer.Option(True, help="Data augmentation (the reference recipe for CIFAR, shifts for digits)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed of the model init, shuffling and augmentation."),
+    resume: bool = typer.Option(False, help="Continue the run stored in --output with its saved settings."),
+    force: bool = typer.Option(False, help="Overwrite an existing --output instead of refusing."),
+    ternary: bool = typer.Option(False, help="After pre-training, ternarize with EC2T, then freeze the assignment."),
+    ternary_epochs: int = typer.Option(20, help="EC2T epochs (assignment re-computed every step)."),
+    freeze_epochs: int = typer.Option(15, help="Epochs with the assignment frozen (centroids, BN, FC train)."),
+    init: Optional[Path] = typer.Option(None, help="Ternarize this full-precision checkpoint instead of pre-training."),
+    lambda_gain: float = typer.Option(0.15, help="EC2T gamma: strength of the entropy constraint (more = sparser)."),
+    centroid_init: float = typer.Option(0.45, help="EC2T s: initial centroids s*|max W| and s*|min W|."),
+    lr_weights: float = typer.Option(1e-4, help="EC2T Adam lr of the full-precision background weights."),
+    lr_centroids: float = typer.Option(1e-5, help="EC2T Adam lr of the centroids w_p, w_n."),
+    lr_other: float = typer.Option(1e-4, help="EC2T Adam lr of the non-quantized parameters."),
+    wn_grad: str = typer.Option("true", help="Gradient of w_n: 'true' (d loss/d w_n) or 'ttq' (reference code's sign)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final results as JSON on stdout."),
+) -> None:
+    """Train MicroNet in full precision, optionally followed by EC2T ternarization."""
+    from .ec2t import EC2TConfig
+    from .train import TrainConfig, layer_table
+    from .train import train as run_training
+
+    with user_errors():
+        if output.exists() and not resume and not force:
+            fail(f"{output} exists; pass --resume to continue it or --force to overwrite it")
+        if resume and not output.exists():
+            fail(f"--resume: no checkpoint at {output}")
+        if init is not None and not init.is_file():
+            fail(f"--init: no checkpoint at {init}")
+        ec2t = EC2TConfig(lambda_gain=lambda_gain, centroid_init=centroid_init, lr_weights=lr_weights,
+                          lr_centroids=lr_centroids, lr_other=lr_other, wn_grad=wn_grad).validate()
+        cfg = TrainConfig(
+            dataset=dataset, data_dir=str(data_dir) if data_dir else None, download=download,
+            val_fraction=val_fraction, model=model, depth=depth, width=width, dropout=dropout, epochs=epochs,
+            batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, augment=augment,
+            device=device, seed=seed, ternary=ternary, ternary_epochs=ternary_epochs,
+            freeze_epochs=freeze_epochs, init=str(init) if init else None, ec2t=ec2t.to_dict(),
+        ).validate()
+        log = (lambda s: typer.echo(s, err=True)) if json_out else typer.echo
+        results = run_training(cfg, output, resume=resume, log=log)
+    if json_out:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    final = results.get("final", {})
+    if "fp" in results:
+        typer.echo(f"full precision: val {results['fp']['val_acc'] * 100:.2f}%  test {results['fp']['test_acc'] * 100:.2f}%")
+    if "layers" in final:
+        typer.echo(layer_table(final["layers"]))
+        typer.echo(f"ternary: val {final['val_acc'] * 100:.2f}%  test {final['test_acc'] * 100:.2f}%  "
+                   f"sparsity {final['sparsity'] * 100:.1f}%")
+    typer.echo(f"checkpoint: {output}")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # `mnx ... | head`
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

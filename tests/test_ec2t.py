@@ -1,0 +1,179 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from micronet_onnx.ec2t import (
+    EC2TConfig,
+    EC2TQuantizer,
+    TernaryConv2d,
+    cluster_information,
+    entropy_constrained_codes,
+    nearest_codes,
+    overall_sparsity,
+    ternarize_model,
+)
+from micronet_onnx.model import MicroNet, MicroNetConfig
+from micronet_onnx.train import TrainConfig, train
+
+from .conftest import TINY
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return MicroNet(MicroNetConfig(num_classes=10, depth=0.15, width=0.5))
+
+
+def test_only_block_3x3_convs_are_ternarized():
+    model = tiny_model()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    ternarize_model(model, EC2TConfig())
+    kept = [model.stem_conv, model.fc] + [b.shortcut.conv for b in model.blocks() if b.shortcut is not None]
+    assert all(not isinstance(m, TernaryConv2d) for m in kept)
+    assert torch.equal(model.stem_conv.weight, before["stem_conv.weight"])
+    assert torch.equal(model.fc.weight, before["fc.weight"])
+    for b in model.blocks():
+        assert isinstance(b.conv1, TernaryConv2d) and isinstance(b.conv2, TernaryConv2d)
+        assert b.conv1.stride == (2, 2) or b.shortcut is None or b.shortcut.conv.stride == (1, 1)
+
+
+def test_init_centroids_and_nearest_assignment():
+    conv = nn.Conv2d(4, 6, 3, bias=False)
+    t = TernaryConv2d.from_conv(conv, EC2TConfig(centroid_init=0.45))
+    w = conv.weight
+    assert math.isclose(t.w_p.item(), 0.45 * w.max().abs().item(), rel_tol=1e-6)
+    assert math.isclose(t.w_n.item(), 0.45 * w.min().abs().item(), rel_tol=1e-6)
+    # nearest of {-w_n, 0, w_p} computed the long way
+    c = torch.stack([-t.w_n, torch.tensor(0.0), t.w_p]).detach()
+    idx = (w.detach().unsqueeze(-1) - c).abs().argmin(-1)
+    assert torch.equal(t.codes, (idx - 1).to(torch.int8))
+
+
+def test_ternary_weights_hold_three_values_after_training(tmp_path):
+    cfg = TrainConfig(**TINY, epochs=1, ternary=True, ternary_epochs=1, freeze_epochs=0, batch_size=64)
+    train(cfg, tmp_path / "t.pt", log=lambda s: None)
+    from micronet_onnx.checkpoint import load_model
+
+    model, _ = load_model(tmp_path / "t.pt")
+    for b in model.blocks():
+        for conv in (b.conv1, b.conv2):
+            w = conv.ternary_weight().detach()
+            values = set(torch.unique(w).tolist())
+            assert values <= {-conv.w_n.item(), 0.0, conv.w_p.item()}
+            assert conv.w_n.item() > 0 and conv.w_p.item() > 0  # so w_n as a value is < 0 < w_p
+
+
+def test_scaled_ste_and_centroid_gradients():
+    torch.manual_seed(0)
+    conv = TernaryConv2d.from_conv(nn.Conv2d(3, 4, 3, bias=False), EC2TConfig())
+    x = torch.randn(2, 3, 6, 6)
+    g_out = torch.randn(2, 4, 4, 4)
+    (conv(x) * g_out).sum().backward()
+    # the gradient w.r.t. the ternary tensor, computed independently
+    w_t = conv.ternary_weight().detach().requires_grad_(True)
+    (F.conv2d(x, w_t) * g_out).sum().backward()
+    g = w_t.grad
+    pos, neg = conv.codes == 1, conv.codes == -1
+    expect_w = torch.where(pos, g * conv.w_p.detach(), torch.where(neg, g * conv.w_n.detach(), g))
+    torch.testing.assert_close(conv.weight.grad, expect_w)
+    torch.testing.assert_close(conv.w_p.grad, g[pos].sum())
+    torch.testing.assert_close(conv.w_n.grad, -g[neg].sum())  # true derivative of the value -w_n
+
+    ttq = TernaryConv2d.from_conv(nn.Conv2d(3, 4, 3, bias=False), EC2TConfig(wn_grad="ttq"))
+    ttq.load_state_dict(conv.state_dict())
+    (ttq(x) * g_out).sum().backward()
+    torch.testing.assert_close(ttq.w_n.grad, g[neg].sum())  # the reference code's sign
+
+
+def test_cluster_information_clamps_zero_share():
+    codes = torch.tensor([-1] * 4 + [0] * 2 + [1] * 4, dtype=torch.int8)  # P = .4 .2 .4
+    info = cluster_information(codes, 0.5)
+    # P_0 raised to .5; the .3 taken from - and + in proportion (.4/.8 each): .25 .5 .25
+    torch.testing.assert_close(info, torch.tensor([2.0, 1.0, 2.0], dtype=info.dtype))
+    codes = torch.tensor([-1] + [0] * 7 + [1] * 2, dtype=torch.int8)  # P_0 = .7 kept
+    torch.testing.assert_close(info := cluster_information(codes, 0.5),
+                               -torch.log2(torch.tensor([0.1, 0.7, 0.2], dtype=info.dtype)))
+
+
+def test_lambda_matches_formula_and_gamma_zero_is_nearest():
+    torch.manual_seed(0)
+    model = ternarize_model(tiny_model(), EC2TConfig())
+    q = EC2TQuantizer(model, EC2TConfig(lambda_gain=0.2))
+    name, layer = q.layers[3]
+    (lam, info) = q.lambdas()[3]
+    w = layer.weight.detach().double()
+    i_neg, i_zero, i_pos = cluster_information(nearest_codes(layer.weight, layer.w_p, layer.w_n), 0.5).tolist()
+    w_n, w_p = layer.w_n.item(), layer.w_p.item()
+    lmax_n = (w.min() ** 2 - (w.min().abs() - w_n) ** 2) / (i_neg - i_zero)
+    lmax_p = (w.max() ** 2 - (w.max() - w_p) ** 2) / (i_pos - i_zero)
+    n_max = max(lay.weight.numel() for _, lay in q.layers)
+    delta = (layer.weight.numel() / n_max + 0.05) / 1.05
+    assert math.isclose(lam.item(), 0.2 * delta * min(lmax_n.item(), lmax_p.item()), rel_tol=1e-5)
+
+    q0 = EC2TQuantizer(model, EC2TConfig(lambda_gain=0.0))
+    with torch.no_grad():
+        for _, lay in q0.layers:
+            lay.weight.add_(0.01 * torch.randn_like(lay.weight))
+    q0.reassign()
+    for _, lay in q0.layers:
+        assert torch.equal(lay.codes, nearest_codes(lay.weight, lay.w_p, lay.w_n))
+
+
+def test_entropy_term_moves_weights_to_zero():
+    w = torch.tensor([-0.5, -0.2, 0.0, 0.2, 0.5])
+    wp, wn = torch.tensor(0.5), torch.tensor(0.5)
+    info = torch.tensor([3.0, 1.0, 3.0])
+    assert entropy_constrained_codes(w, wp, wn, torch.tensor(0.0), info).tolist() == [-1, 0, 0, 0, 1]
+    # w = 0.5: cost(+) = 0 + 3 lam, cost(0) = 0.25 + lam, so it drops to zero once lam > 0.125
+    assert entropy_constrained_codes(w, wp, wn, torch.tensor(0.1), info).tolist() == [-1, 0, 0, 0, 1]
+    assert entropy_constrained_codes(w, wp, wn, torch.tensor(0.2), info).tolist() == [0, 0, 0, 0, 0]
+
+
+def _run_ec2t(gamma, steps=15):
+    torch.manual_seed(0)
+    model = tiny_model()
+    ternarize_model(model, EC2TConfig())
+    q = EC2TQuantizer(model, EC2TConfig(lambda_gain=gamma))
+    opt = torch.optim.Adam(q.param_groups(model))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randn(16, 3, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        q.after_step()
+    return model, q
+
+
+def test_sparsity_rises_with_gamma():
+    sparsities = [overall_sparsity(_run_ec2t(g)[0]) for g in (0.0, 0.15, 0.5, 1.5)]
+    assert all(b > a for a, b in zip(sparsities, sparsities[1:])), sparsities
+
+
+def test_frozen_phase_never_changes_assignment():
+    model, q = _run_ec2t(0.3, steps=2)
+    q.freeze()
+    codes = [lay.codes.clone() for _, lay in q.layers]
+    weights = [lay.weight.clone() for _, lay in q.layers]
+    centroids = [lay.w_p.item() for _, lay in q.layers]
+    opt = torch.optim.Adam(q.param_groups(model), lr=1e-2)
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,))).backward()
+        opt.step()
+        q.after_step()
+    for (_, lay), c, w in zip(q.layers, codes, weights):
+        assert torch.equal(lay.codes, c) and torch.equal(lay.weight, w)
+    assert [lay.w_p.item() for _, lay in q.layers] != centroids  # the centroids did train
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="lambda gain"):
+        EC2TConfig(lambda_gain=-1).validate()
+    with pytest.raises(ValueError, match="wn_grad"):
+        EC2TConfig(wn_grad="other").validate()
