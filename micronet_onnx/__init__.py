@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from .runtime import create_session, ops_library_path  # onnxruntime is imported lazily, on first use
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+__all__ += ["create_session", "ops_library_path"]

@@ -126,6 +126,56 @@ def train(
     typer.echo(f"checkpoint: {output}")
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint written by `mnx train`."),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write (atomically)."),
+    ternary: bool = typer.Option(False, "--ternary", help="Write micronet::TernaryConv nodes (EC2T "
+                                 "checkpoints); default: plain standard ONNX with float32 weights."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store the standard ops' weights as float16 (+ Cast)."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check against PyTorch."),
+    probe_batch: int = typer.Option(8, "--probe-batch", min=1, help="Images of noise in the parity probe."),
+    json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON on stdout."),
+) -> None:
+    """Export a checkpoint to ONNX, checking the file against the PyTorch model (docs/export.md)."""
+    from .export import ParityError, export_checkpoint
+
+    with user_errors():
+        try:
+            report = export_checkpoint(checkpoint, output, ternary=ternary, fp16=fp16, check=not no_check,
+                                       probe_batch=probe_batch)
+        except ParityError as e:
+            fail(_first_line(e), 1)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if json_out else "\n".join(report.summary()))
+
+
+@app.command("bench-ec2t")
+def bench_ec2t(
+    model: str = typer.Option("micronet", help="Preset (micronet-c10, micronet-c100, baseline, micronet)."),
+    depth: Optional[float] = typer.Option(0.3, help="Depth multiplier (ignored for paper presets unless set)."),
+    width: Optional[float] = typer.Option(1.0, help="Width multiplier."),
+    classes: Optional[int] = typer.Option(None, help="Number of classes (default: the preset's, else 10)."),
+    batch_size: int = typer.Option(32, help="Batch size of both steps."),
+    repeats: int = typer.Option(10, help="Timed steps of each kind (medians are reported)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Time one EC2T training step against one full-precision step (same model and batch)."""
+    from .bench_ec2t import bench_ec2t_step, render
+    from .model import PRESETS, preset_config
+    from .train import resolve_device
+
+    with user_errors():
+        if batch_size <= 0 or repeats <= 0:
+            fail("--batch-size and --repeats must be positive")
+        paper = model in ("micronet-c10", "micronet-c100")
+        if classes is None:
+            classes = (PRESETS.get(model) or (0, 0, None))[2] or 10
+        cfg = preset_config(model, classes, None if paper else depth, None if paper else width)
+        report = bench_ec2t_step(cfg, batch_size=batch_size, repeats=repeats, device=str(resolve_device(device)))
+    typer.echo(json.dumps(report, indent=2) if json_out else render(report))
+
+
 def main() -> None:
     try:
         app()

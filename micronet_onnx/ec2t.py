@@ -124,23 +124,35 @@ class TernaryConv2d(nn.Conv2d):
 
 def nearest_codes(w: torch.Tensor, w_p: torch.Tensor, w_n: torch.Tensor) -> torch.Tensor:
     """Nearest-centroid assignment to {-w_n, 0, +w_p} as int8 codes (ties go to zero)."""
-    return entropy_constrained_codes(w, w_p, w_n, lam=torch.zeros((), device=w.device), info=None)
+    return entropy_constrained_codes(w, w_p, w_n, lam=None, info=None)
 
 
-def entropy_constrained_codes(w: torch.Tensor, w_p: torch.Tensor, w_n: torch.Tensor, lam: torch.Tensor,
+def entropy_constrained_codes(w: torch.Tensor, w_p: torch.Tensor, w_n: torch.Tensor, lam: torch.Tensor | None,
                               info: torch.Tensor | None) -> torch.Tensor:
-    """``argmin_c (w - C_c)^2 + lam * I_c`` over C = [-w_n, 0, +w_p], as codes -1/0/+1."""
-    cost_neg = (w + w_n) ** 2
-    cost_zero = w**2
-    cost_pos = (w - w_p) ** 2
-    if info is not None:
-        cost_neg = cost_neg + lam * info[0]
-        cost_zero = cost_zero + lam * info[1]
-        cost_pos = cost_pos + lam * info[2]
-    codes = torch.zeros(w.shape, dtype=torch.int8, device=w.device)
-    codes[(cost_neg < cost_zero) & (cost_neg <= cost_pos)] = -1
-    codes[(cost_pos < cost_zero) & (cost_pos < cost_neg)] = 1
-    return codes
+    """``argmin_c (w - C_c)^2 + lam * I_c`` over C = [-w_n, 0, +w_p], as codes -1/0/+1.
+
+    The costs are quadratics in ``w``, so each comparison with the zero cluster is a threshold:
+    + wins over 0 iff ``w > (w_p^2 + lam (I_+ - I_0)) / (2 w_p)`` and - wins over 0 iff
+    ``w < -(w_n^2 + lam (I_- - I_0)) / (2 w_n)``. Two compares per weight instead of three costs
+    and an argmin; + against - only needs settling where the two regions overlap, which the
+    P_0 >= 0.5 clamp rules out (it makes both information gaps non-negative). Ties go to zero.
+    """
+    w_p = w_p.detach()
+    w_n = w_n.detach()
+    gap_p = gap_n = torch.zeros((), dtype=w.dtype, device=w.device)
+    if lam is not None and info is not None:
+        gap_p = lam * (info[2] - info[1])
+        gap_n = lam * (info[0] - info[1])
+    t_p = (w_p * w_p + gap_p) / (2 * w_p)
+    t_n = (w_n * w_n + gap_n) / (2 * w_n)
+    pos = w > t_p
+    neg = w < -t_n
+    if bool(t_p < -t_n):  # overlapping regions: settle + against - by their costs
+        both = pos & neg
+        pos_wins = (w - w_p) ** 2 + gap_p < (w + w_n) ** 2 + gap_n
+        pos = pos & (~both | pos_wins)
+        neg = neg & (~both | ~pos_wins)
+    return pos.to(torch.int8) - neg.to(torch.int8)
 
 
 def cluster_information(codes: torch.Tensor, zero_share_floor: float) -> torch.Tensor:
@@ -149,15 +161,12 @@ def cluster_information(codes: torch.Tensor, zero_share_floor: float) -> torch.T
     Raising P_0 takes the missing share from P_- and P_+ in proportion, as the reference code does,
     so a layer that starts dense is not pushed to zero by a huge I_0.
     """
-    n = codes.numel()
-    p = torch.stack([(codes == -1).sum(), (codes == 0).sum(), (codes == 1).sum()]).double() / n
-    if p[1] < zero_share_floor:
-        deficit = zero_share_floor - p[1]
-        nonzero = p[0] + p[2]
-        if nonzero > 0:
-            p[0] = p[0] - deficit * p[0] / nonzero
-            p[2] = p[2] - deficit * p[2] / nonzero
-        p[1] = zero_share_floor
+    p = torch.bincount((codes.reshape(-1) + 1).to(torch.int64), minlength=3).double() / codes.numel()
+    deficit = (zero_share_floor - p[1]).clamp_min(0.0)
+    nonzero = p[0] + p[2]
+    take = torch.where(nonzero > 0, deficit / nonzero.clamp_min(1e-300), torch.zeros_like(nonzero))
+    p = torch.stack([p[0] * (1 - take), torch.maximum(p[1], torch.as_tensor(zero_share_floor, dtype=p.dtype)),
+                     p[2] * (1 - take)])
     return -torch.log2(p.clamp_min(1e-12))
 
 

@@ -18,3 +18,14 @@ def digits():
     from micronet_onnx.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def ops_library() -> str:
+    """Path of the compiled libmicronet_ops.so; fails (never skips) when it is missing: run `make lib`."""
+    from micronet_onnx.runtime import OpsLibraryError, ops_library_path
+
+    try:
+        return ops_library_path()
+    except OpsLibraryError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -1,0 +1,32 @@
+"""ONNX export of MicroNet models (installed as ``micronet_onnx.export``).
+
+`export_model` writes a model, `export_checkpoint` a checkpoint, as either ``micronet::TernaryConv``
+nodes (``ternary=True``) or plain standard ONNX; both check parity against PyTorch before writing.
+See docs/export.md.
+"""
+
+from __future__ import annotations
+
+from .errors import ExportError, ParityError
+from .exporter import ExportReport, export_checkpoint, export_model, write_atomic
+from .graph import INPUT_NAME, OUTPUT_NAME, LayerReport, build_graph
+from .parity import ParityReport, default_probe
+from .versions import IR_VERSION, ONNX_OPSET, opset_imports
+
+__all__ = [
+    "ExportError",
+    "ExportReport",
+    "INPUT_NAME",
+    "IR_VERSION",
+    "LayerReport",
+    "ONNX_OPSET",
+    "OUTPUT_NAME",
+    "ParityError",
+    "ParityReport",
+    "build_graph",
+    "default_probe",
+    "export_checkpoint",
+    "export_model",
+    "opset_imports",
+    "write_atomic",
+]

@@ -1,0 +1,294 @@
+"""`export_model` / `export_checkpoint`: MicroNet -> ONNX file, checked and written atomically."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+
+from micronet_onnx import __version__
+from micronet_onnx import ternary_format as tf
+from micronet_onnx.ec2t import is_ternary, overall_sparsity
+from micronet_onnx.model import MicroNet
+
+from . import parity
+from .errors import ExportError, ParityError
+from .folding import rounded_reference
+from .graph import LayerReport, build_graph
+from .versions import IR_VERSION, ONNX_OPSET, opset_imports
+
+PRODUCER = "micronet-onnx"
+META_PREFIX = "micronet."
+
+
+@dataclass
+class ExportReport:
+    """Plain data about one export."""
+
+    path: str
+    ternary: bool
+    fp16: bool
+    file_bytes: int
+    dense_equivalent_bytes: int  # float32 weights of the dense export of the same model
+    node_count: int
+    nodes_by_op: dict[str, int]
+    ternary_layers: list[LayerReport]
+    ec2t_sparsity: float | None  # zeros over all ternary codes (None for full precision)
+    stored_sparsity: float | None  # zeros over the stored ternary codes (after dead channels)
+    parity: parity.ParityReport | None
+    seconds: dict[str, float] = field(default_factory=dict)  # build, check, write, total
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dead_outputs(self) -> int:
+        return sum(len(la.dead_outputs) + len(la.dead_outputs_zero_inputs) for la in self.ternary_layers)
+
+    @property
+    def dropped_inputs(self) -> int:
+        return sum(len(la.dropped_inputs) for la in self.ternary_layers)
+
+    @property
+    def kept_constant_inputs(self) -> int:
+        return sum(len(la.kept_constant_inputs) for la in self.ternary_layers)
+
+    def reasons(self) -> list[str]:
+        return [r for la in self.ternary_layers for r in la.reasons()]
+
+    def summary(self) -> list[str]:
+        """A few lines for the CLI."""
+        kind = ("ternary" if self.ternary else "dense") + (" + fp16 dense weights" if self.fp16 else "")
+        by_count = sorted(self.nodes_by_op.items(), key=lambda kv: (-kv[1], kv[0]))
+        ops = ", ".join(f"{n} {op}" for op, n in by_count)
+        ratio = self.dense_equivalent_bytes / self.file_bytes if self.file_bytes else float("nan")
+        lines = [
+            f"wrote {self.path} ({kind})",
+            f"  nodes: {self.node_count} ({ops})",
+            f"  size: {_kib(self.file_bytes)} (dense float32 equivalent {_kib(self.dense_equivalent_bytes)}, "
+            f"{ratio:.1f}x)",
+        ]
+        if self.ternary:
+            lines.append(f"  ternary: {len(self.ternary_layers)} layers, sparsity "
+                         f"{100 * (self.ec2t_sparsity or 0):.2f} %, dead channels: {self.dead_outputs} "
+                         f"outputs not stored, {self.dropped_inputs} inputs dropped, "
+                         f"{self.kept_constant_inputs} kept (non-zero constant)")
+        subnormal = sum(la.fp16_subnormal for la in self.ternary_layers)
+        if subnormal:
+            lines.append(f"  warning: {subnormal} centroid/scale/bias values are float16 subnormals "
+                         "(fewer than 11 significant bits)")
+        lines.append("  " + (self.parity.summary() if self.parity else "parity: not checked (--no-check)"))
+        lines.append(f"  time: {self.seconds.get('total', 0.0):.2f} s")
+        return lines
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ternary_layers"] = [la.to_dict() for la in self.ternary_layers]
+        d["parity"] = self.parity.to_dict() if self.parity else None
+        return d
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
+
+
+def _check_writable(path: Path) -> None:
+    """Fail fast, before any work, if ``path`` cannot be written."""
+    if path.is_dir():
+        raise ExportError(f"cannot write {path}: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write_atomic(data: bytes, path: Path) -> None:
+    """Temporary file beside ``path``, fsync, rename: readers never see a half-written model."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _input_hw(probe: torch.Tensor | None, input_size: tuple[int, int] | None,
+              channels: int) -> tuple[int, int]:
+    if probe is not None:
+        if probe.ndim != 4 or probe.shape[1] != channels or probe.shape[0] < 1:
+            raise ExportError(f"probe must be [N >= 1, {channels}, H, W], got {list(probe.shape)}")
+        hw = (int(probe.shape[2]), int(probe.shape[3]))
+        if input_size is not None and tuple(input_size) != hw:
+            raise ExportError(f"probe size {hw} differs from input_size {tuple(input_size)}")
+        return hw
+    return tuple(input_size) if input_size is not None else parity.PROBE_SHAPE[2:]  # type: ignore[return-value]
+
+
+def export_model(
+    model: MicroNet,
+    path: str | Path,
+    *,
+    ternary: bool,
+    fp16: bool = False,
+    probe: torch.Tensor | None = None,
+    check: bool = True,
+    input_size: tuple[int, int] | None = None,
+    source: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> ExportReport:
+    """Export ``model`` (read only; evaluated in eval mode) to ``path``.
+
+    ``ternary``: every `TernaryConv2d` becomes a ``micronet::TernaryConv`` node (requires an EC2T
+    model); otherwise plain standard ONNX with float32 weights (ternary layers decoded with their
+    float16 centroids). ``fp16``: the standard ops' weights are stored as float16 + Cast.
+    ``probe``: the batch of the parity check (default: fixed-seed noise [8, C, 32, 32]); it also
+    fixes H and W of the input, else ``input_size`` (default 32x32) does. ``check=False`` skips
+    the parity check. ``source``/``metadata`` go into the file's metadata props.
+
+    Raises `ExportError` for requests that cannot be met and `ParityError` (nothing written) when
+    the file does not compute the model's function within tolerance.
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    if not isinstance(model, MicroNet):
+        raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
+    if ternary and not is_ternary(model):
+        raise ExportError("a ternary export needs an EC2T (ternary) model; this one is full precision")
+    _check_writable(path)
+    model = copy.deepcopy(model).cpu().float().eval()
+    channels = int(model.stem_conv.in_channels)
+    hw = _input_hw(probe, input_size, channels)
+
+    built = build_graph(model, ternary=ternary, fp16=fp16, input_hw=hw)
+    if ternary or fp16:
+        dense_equiv = 4 * build_graph(model, ternary=False, fp16=False, input_hw=hw).param_count
+    else:
+        dense_equiv = 4 * built.param_count
+    has_ternary = is_ternary(model)
+    sparsity = overall_sparsity(model) if has_ternary else None
+    stored_sparsity = None
+    if built.layers:
+        total = sum(int(np.prod(la.stored_shape)) for la in built.layers)
+        stored_sparsity = 1.0 - sum(la.nnz for la in built.layers) / total if total else 0.0
+
+    meta = {
+        "format_version": str(tf.OPSET_VERSION),
+        "export_kind": "ternary" if ternary else "dense",
+        "fp16_weights": str(bool(fp16)).lower(),
+        "source_checkpoint": source or "",
+        "ec2t_sparsity": f"{sparsity:.6f}" if sparsity is not None else "",
+        "stored_sparsity": f"{stored_sparsity:.6f}" if stored_sparsity is not None else "",
+        "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "input": f"float32 [batch, {channels}, {hw[0]}, {hw[1]}], normalized like training",
+        **(metadata or {}),
+    }
+    proto = gs.export_onnx(built.graph, opset_imports=opset_imports(ternary=ternary))
+    proto.ir_version = IR_VERSION
+    proto.producer_name = PRODUCER
+    proto.producer_version = __version__
+    proto.doc_string = (f"MicroNet ({'ternary, micronet::TernaryConv' if ternary else 'dense'}) exported by "
+                        f"{PRODUCER} {__version__}; opset {ONNX_OPSET}, IR {IR_VERSION}")
+    onnx.helper.set_model_props(proto, {f"{META_PREFIX}{k}": v for k, v in meta.items()})
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:  # an exporter bug, not a user error
+        raise RuntimeError(f"exported model fails the ONNX checker: {e}") from e
+    data = proto.SerializeToString()
+    t_build = time.perf_counter() - t0
+
+    report_parity = None
+    if check:
+        x = probe if probe is not None else parity.default_probe(channels=channels, hw=hw)
+        report_parity = parity.check(
+            data, model, rounded_reference(model), x, ternary=ternary,
+            fp16_layers=len(built.fp16_layers), rounded_layers=len(built.rounded_layers),
+        )
+        if not report_parity.passed:
+            raise ParityError(report_parity.failure() + f"; nothing written to {path}", report_parity)
+    t_check = time.perf_counter() - t0 - t_build
+
+    write_atomic(data, path)
+    total = time.perf_counter() - t0
+    return ExportReport(
+        path=str(path),
+        ternary=ternary,
+        fp16=fp16,
+        file_bytes=len(data),
+        dense_equivalent_bytes=dense_equiv,
+        node_count=len(proto.graph.node),
+        nodes_by_op=dict(Counter(n.op_type for n in proto.graph.node)),
+        ternary_layers=built.layers,
+        ec2t_sparsity=sparsity,
+        stored_sparsity=stored_sparsity,
+        parity=report_parity,
+        seconds={"build": t_build, "check": t_check, "write": total - t_build - t_check, "total": total},
+        metadata=meta,
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    path: str | Path,
+    *,
+    ternary: bool,
+    fp16: bool = False,
+    check: bool = True,
+    probe_batch: int = parity.PROBE_SHAPE[0],
+    best: bool = True,
+) -> ExportReport:
+    """Load a checkpoint (`micronet_onnx.checkpoint`) and export it; see `export_model`.
+
+    Raises `CheckpointError` for unreadable or foreign checkpoints, `ExportError`, `ParityError`.
+    """
+    from micronet_onnx.checkpoint import CheckpointError, build_model, load
+
+    if probe_batch < 1:
+        raise ExportError(f"probe batch must be at least 1, got {probe_batch}")
+    checkpoint = Path(checkpoint)
+    ckpt = load(checkpoint)
+    if ternary and ckpt.get("ternary") is None:
+        raise ExportError(f"--ternary needs an EC2T checkpoint; {checkpoint} is full precision")
+    try:
+        model = build_model(ckpt, best=best)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot build the model of {checkpoint}: {e}") from None
+    which = "best" if best and ckpt.get("best_state_dict") is not None else "final"
+    probe = parity.default_probe(batch=probe_batch, channels=int(model.stem_conv.in_channels))
+    return export_model(
+        model, path, ternary=ternary, fp16=fp16, probe=probe, check=check,
+        source=checkpoint.name,
+        metadata={"source_sha256": _sha256(checkpoint), "source_weights": which},
+    )

@@ -1,0 +1,252 @@
+"""Build the ONNX graph of a MicroNet directly from its module tree with onnx-graphsurgeon.
+
+Layout (ternary export; the dense export has a Conv (+ Relu) where a TernaryConv stands)::
+
+    input [batch, C, H, W]
+    stem      Conv(BN folded) -> Relu
+    block     BatchNormalization (bn1, standalone)
+              TernaryConv conv1  scale/bias = bn2, activation Relu   (Dropout: identity at eval)
+              TernaryConv conv2  scale/bias = bn3
+              shortcut: identity | Conv 1x1 (BN folded)
+              Add
+    head      Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits [batch, classes]
+
+Nothing is traced, so the graph, its names and its bytes are a pure function of the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from torch import nn
+
+from micronet_onnx import ternary_format as tf
+from micronet_onnx.ec2t import TernaryConv2d
+from micronet_onnx.model import Block, MicroNet
+
+from . import channels as ch
+from .errors import ExportError
+from .folding import TernaryParts, bn_params, conv_bn, conv_geometry, to_fp16, to_fp32
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+BATCH_DIM = "batch"
+
+
+@dataclass
+class LayerReport:
+    """What one ternary conv stores, what it leaves out and why."""
+
+    name: str
+    weight_shape: list[int]  # the layer's full [M, N/g, kH, kW]
+    stored_shape: list[int]  # weight_shape attribute of the node
+    nnz: int  # non-zero codes stored
+    sparsity: float  # share of zeros in the full layer's codes
+    stored_bytes: int  # bytes of the node's constant inputs
+    dead_outputs: list[int] = field(default_factory=list)  # rows not stored, all codes zero
+    dead_outputs_zero_inputs: list[int] = field(default_factory=list)  # rows not stored, read only zeros
+    constant_outputs: dict[int, float] = field(default_factory=dict)  # dead output -> act(bias) it yields
+    dropped_inputs: list[int] = field(default_factory=list)  # provably-zero input channels
+    kept_constant_inputs: list[int] = field(default_factory=list)  # dead producers with act(bias) != 0
+    fp16_subnormal: int = 0  # folded values that fell into float16's subnormal range
+
+    def reasons(self) -> list[str]:
+        """One readable line per kind of thing left out or kept."""
+        out = []
+        if self.dead_outputs:
+            out.append(f"{self.name}: output channels {self.dead_outputs} not stored: all codes zero "
+                       "(the node still yields their constant act(bias))")
+        if self.dead_outputs_zero_inputs:
+            out.append(f"{self.name}: output channels {self.dead_outputs_zero_inputs} not stored: their "
+                       "non-zero codes only read provably-zero inputs")
+        if self.dropped_inputs:
+            out.append(f"{self.name}: input channels {self.dropped_inputs} dropped: dead in the previous "
+                       "conv with relu(bias) == 0, so zero everywhere")
+        if self.kept_constant_inputs:
+            out.append(f"{self.name}: input channels {self.kept_constant_inputs} kept although dead in the "
+                       "previous conv: their constant relu(bias) != 0 (zero padding makes it non-constant)")
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["constant_outputs"] = {str(k): v for k, v in self.constant_outputs.items()}
+        return d
+
+
+@dataclass
+class BuiltGraph:
+    graph: gs.Graph
+    layers: list[LayerReport]  # one per TernaryConv node
+    fp16_layers: list[str]  # layers whose standard-op parameters are stored as float16
+    rounded_layers: list[str]  # ternary layers (centroids, scale, bias rounded to float16)
+    param_count: int  # elements of all constants (weights, maps, masks: as stored)
+
+
+class _Builder:
+    def __init__(self, *, ternary: bool, fp16: bool) -> None:
+        self.ternary = ternary
+        self.fp16 = fp16
+        self.nodes: list[gs.Node] = []
+        self.layers: list[LayerReport] = []
+        self.fp16_layers: list[str] = []
+        self.rounded_layers: list[str] = []
+
+    # -- tensors -------------------------------------------------------------------------
+    def const(self, name: str, values: np.ndarray) -> gs.Constant:
+        return gs.Constant(name, np.ascontiguousarray(values))
+
+    def param(self, layer: str, name: str, values: np.ndarray) -> gs.Tensor:
+        """A float parameter of a standard op: float32, or float16 + Cast with ``fp16``."""
+        if not self.fp16:
+            return self.const(name, to_fp32(values, name))
+        if not self.fp16_layers or self.fp16_layers[-1] != layer:
+            self.fp16_layers.append(layer)
+        stored = self.const(f"{name}.fp16", to_fp16(values, name))
+        out = gs.Variable(name, dtype=np.float32, shape=list(np.shape(values)))
+        self.nodes.append(gs.Node("Cast", name=f"{name}.cast", attrs={"to": onnx.TensorProto.FLOAT},
+                                  inputs=[stored], outputs=[out]))
+        return out
+
+    def node(self, op: str, name: str, inputs: list, shape: list, attrs: dict | None = None,
+             domain: str | None = None, out_name: str | None = None) -> gs.Variable:
+        out = gs.Variable(out_name or f"{name}.out", dtype=np.float32, shape=shape)
+        node = gs.Node(op, name=name, attrs=attrs or {}, inputs=inputs, outputs=[out])
+        if domain:
+            node.domain = domain
+        self.nodes.append(node)
+        return out
+
+    # -- layers --------------------------------------------------------------------------
+    def dense_conv(self, name: str, x: gs.Tensor, shape: tuple, conv: nn.Conv2d, w: np.ndarray,
+                   b: np.ndarray, act: str) -> tuple[gs.Variable, tuple]:
+        geo = conv_geometry(conv, name)
+        oshape = _conv_out(shape, w.shape, geo)
+        inputs = [x, self.param(name, f"{name}.weight", w), self.param(name, f"{name}.bias", b)]
+        y = self.node("Conv", name, inputs, [BATCH_DIM, *oshape], {"kernel_shape": list(w.shape[2:]), **geo})
+        if act == "Relu":
+            y = self.node("Relu", f"{name}.relu", [y], [BATCH_DIM, *oshape])
+        return y, oshape
+
+    def conv_unit(self, name: str, x: gs.Tensor, shape: tuple, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: str,
+                  zero_inputs: np.ndarray | None, dead_inputs: np.ndarray | None):
+        """A conv + its BN (+ activation). Returns (output, shape, zero outputs, dead outputs); the
+        last two are bool [M] for a ternary node, None otherwise."""
+        if not isinstance(conv, TernaryConv2d):
+            w, b = conv_bn(conv, bn, name)
+            y, oshape = self.dense_conv(name, x, shape, conv, w, b, act)
+            return y, oshape, None, None
+        parts = TernaryParts(conv, bn, name)
+        self.rounded_layers.append(name)
+        if not self.ternary:
+            y, oshape = self.dense_conv(name, x, shape, conv, parts.dense_weight(), parts.bias, act)
+            return y, oshape, None, None
+        plan = ch.plan_channels(parts.codes, group=parts.groups, zero_inputs=zero_inputs,
+                                dead_inputs=dead_inputs)
+        packed = parts.pack(plan.stored_codes)
+        m = plan.num_outputs
+        attrs = tf.ConvAttrs(
+            weight_shape=tuple(int(s) for s in plan.stored_codes.shape),
+            strides=parts.stride,
+            pads=parts.padding,
+            dilations=parts.dilation,
+            group=parts.groups,
+            num_output_channels=m if plan.needs_out_map else 0,
+            activation=act,
+        ).validate()
+        consts = [
+            self.const(f"{name}.mask", packed.mask),
+            self.const(f"{name}.sign", packed.sign),
+            self.const(f"{name}.centroids", packed.centroids),
+            self.const(f"{name}.scale", parts.scale),
+            self.const(f"{name}.bias", parts.bias),
+            self.const(f"{name}.in_channels", plan.in_channels) if plan.needs_in_map else None,
+            self.const(f"{name}.out_channels", plan.out_rows) if plan.needs_out_map else None,
+        ]
+        while consts[-1] is None:
+            consts.pop()
+        inputs = [x, *(c if c is not None else gs.Variable.empty() for c in consts)]
+        oshape = (m, *attrs.output_hw(shape[1], shape[2]))
+        y = self.node(tf.OP_TYPE, name, inputs, [BATCH_DIM, *oshape], attrs.to_onnx(), domain=tf.DOMAIN)
+        dead = np.zeros(m, dtype=bool)
+        dead[plan.dead_rows] = True
+        const_vals = ch.activation(parts.bias.astype(np.float64), act)
+        self.layers.append(LayerReport(
+            name=name,
+            weight_shape=list(parts.codes.shape),
+            stored_shape=list(attrs.weight_shape),
+            nnz=int((plan.stored_codes != 0).sum()),
+            sparsity=float((parts.codes == 0).mean()),
+            stored_bytes=int(sum(c.values.nbytes for c in consts if c is not None)),
+            dead_outputs=plan.dead_all_zero,
+            dead_outputs_zero_inputs=plan.dead_zero_inputs,
+            constant_outputs={int(o): float(const_vals[o]) for o in plan.dead_rows},
+            dropped_inputs=plan.dropped_inputs,
+            kept_constant_inputs=plan.kept_constant_inputs,
+            fp16_subnormal=parts.subnormal,
+        ))
+        return y, oshape, dead & (const_vals == 0.0), dead
+
+    def batch_norm(self, name: str, x: gs.Tensor, shape: tuple, bn: nn.BatchNorm2d) -> gs.Variable:
+        p = bn_params(bn, name)
+        inputs = [x, *(self.param(name, f"{name}.{k}", p[k]) for k in ("scale", "B", "mean", "var"))]
+        return self.node("BatchNormalization", name, inputs, [BATCH_DIM, *shape], {"epsilon": float(bn.eps)})
+
+    def block(self, name: str, x: gs.Tensor, shape: tuple, block: Block) -> tuple[gs.Variable, tuple]:
+        h = self.batch_norm(f"{name}.bn1", x, shape, block.bn1)
+        h, s1, zero1, dead1 = self.conv_unit(f"{name}.conv1", h, shape, block.conv1, block.bn2, "Relu",
+                                             None, None)
+        h, s2, _, _ = self.conv_unit(f"{name}.conv2", h, s1, block.conv2, block.bn3, "", zero1, dead1)
+        if block.shortcut is None:
+            if s2 != shape:
+                raise ExportError(f"{name}: identity shortcut with shape {shape} but branch shape {s2}")
+            sc = x
+        else:
+            w, b = conv_bn(block.shortcut.conv, block.shortcut.bn, f"{name}.shortcut")
+            sc, ssc = self.dense_conv(f"{name}.shortcut", x, shape, block.shortcut.conv, w, b, "")
+            if ssc != s2:
+                raise ExportError(f"{name}: shortcut shape {ssc} differs from branch shape {s2}")
+        return self.node("Add", f"{name}.add", [h, sc], [BATCH_DIM, *s2]), s2
+
+
+def _conv_out(shape: tuple, wshape: tuple, geo: dict) -> tuple:
+    attrs = tf.ConvAttrs(weight_shape=(int(wshape[0]), 1, int(wshape[2]), int(wshape[3])),
+                         strides=tuple(geo["strides"]), pads=tuple(geo["pads"]),
+                         dilations=tuple(geo["dilations"]))
+    return (int(wshape[0]), *attrs.output_hw(shape[1], shape[2]))
+
+
+def build_graph(model: MicroNet, *, ternary: bool, fp16: bool, input_hw: tuple[int, int]) -> BuiltGraph:
+    """The gs graph of an eval-mode MicroNet (model is only read)."""
+    if not isinstance(model, MicroNet):
+        raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
+    if not isinstance(model.pool, nn.AdaptiveAvgPool2d) or model.pool.output_size not in (1, (1, 1)):
+        raise ExportError("the head must pool to 1x1")
+    b = _Builder(ternary=ternary, fp16=fp16)
+    c_in = int(model.stem_conv.in_channels)
+    shape = (c_in, int(input_hw[0]), int(input_hw[1]))
+    x_in = gs.Variable(INPUT_NAME, dtype=np.float32, shape=[BATCH_DIM, *shape])
+
+    w, bias = conv_bn(model.stem_conv, model.stem_bn, "stem")
+    x, shape = b.dense_conv("stem.conv", x_in, shape, model.stem_conv, w, bias, "Relu")
+    for si, stage in enumerate((model.stage1, model.stage2, model.stage3), start=1):
+        for bi, blk in enumerate(stage):
+            x, shape = b.block(f"stage{si}.{bi}", x, shape, blk)
+    x = b.node("Relu", "head.relu", [x], [BATCH_DIM, *shape])
+    x = b.node("GlobalAveragePool", "head.pool", [x], [BATCH_DIM, shape[0], 1, 1])
+    x = b.node("Flatten", "head.flatten", [x], [BATCH_DIM, shape[0]], {"axis": 1})
+    fc = model.fc
+    if fc.in_features != shape[0]:
+        raise ExportError(f"fc expects {fc.in_features} features, the trunk gives {shape[0]}")
+    fc_b = fc.bias.detach().double().cpu().numpy() if fc.bias is not None else np.zeros(fc.out_features)
+    fc_w = fc.weight.detach().double().cpu().numpy()
+    inputs = [x, b.param("fc", "fc.weight", fc_w), b.param("fc", "fc.bias", fc_b)]
+    logits = b.node("Gemm", "fc", inputs, [BATCH_DIM, fc.out_features], {"transB": 1}, out_name=OUTPUT_NAME)
+
+    graph = gs.Graph(nodes=b.nodes, inputs=[x_in], outputs=[logits], name="micronet")
+    graph.cleanup().toposort()
+    count = sum(int(t.values.size) for t in graph.tensors().values() if isinstance(t, gs.Constant))
+    return BuiltGraph(graph=graph, layers=b.layers, fp16_layers=b.fp16_layers,
+                      rounded_layers=b.rounded_layers, param_count=count)

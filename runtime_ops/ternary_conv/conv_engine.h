@@ -1,0 +1,53 @@
+// The compute interface of TernaryConv. A ConvEngine is built once per kernel from the validated,
+// decoded TernaryConvSpec; for each run it prepares a ConvRun (per-shape tables, scratch sizes) that
+// splits the output into independent work items. Faster kernels implement these two classes and
+// are picked in CreateEngine(); the onnxruntime glue (ternary_conv_op.cc) does not change.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "ternary_conv/ternary_conv_spec.h"
+
+namespace micronet {
+namespace ternary_conv {
+
+// Shapes of one run: X is [batch, channels, in_h, in_w], Y is [batch, spec.m_out, out_h, out_w],
+// both dense row-major float32. Validated by the caller: channels match the spec, out_h and out_w
+// are positive and batch * m_out * out_h * out_w does not overflow.
+struct RunGeometry {
+  int64_t batch = 0, channels = 0, in_h = 0, in_w = 0;
+  int64_t out_h = 0, out_w = 0;
+};
+
+// One run of an engine on one geometry. Immutable once built, so work items may run concurrently.
+class ConvRun {
+ public:
+  virtual ~ConvRun() = default;
+
+  // Independent work items that write disjoint parts of Y and together write all of it.
+  virtual size_t NumWorkItems() const = 0;
+
+  // Rough cost of the whole run in additions, used to decide whether to parallelise.
+  virtual double Cost() const = 0;
+
+  // Computes one work item. Thread-safe, allocation-free, never throws.
+  virtual void RunWorkItem(const float* x, float* y, size_t item) const noexcept = 0;
+};
+
+class ConvEngine {
+ public:
+  virtual ~ConvEngine() = default;
+  virtual const char* Name() const = 0;
+
+  // Prepares a run for this geometry (may allocate and throw std::bad_alloc).
+  virtual std::unique_ptr<ConvRun> Prepare(const RunGeometry& geometry) const = 0;
+};
+
+// Picks the engine for this spec (for now: the direct row-wise engine). The engine keeps a
+// reference to `spec`, which must outlive it and every ConvRun it prepares.
+std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec);
+
+}  // namespace ternary_conv
+}  // namespace micronet

@@ -1,0 +1,72 @@
+// The TernaryConv file format, mirrored from micronet_onnx/ternary_format.py (the source of truth;
+// normative description: docs/ternary-conv.md). tests/test_runtime_validation.py parses this header:
+// every UPPER_CASE constant of the Python module must appear here as its kCamelCase twin with the
+// same value (dtypes as ONNX codes). Keep one `constexpr` definition per line.
+//
+// This header does not depend on onnxruntime. Element types are ONNX TensorProto codes, which the
+// onnxruntime C API uses unchanged in ONNXTensorElementDataType.
+#pragma once
+
+#include <cstdint>
+
+namespace micronet {
+namespace ternary_format {
+
+constexpr const char* kDomain = "micronet";
+constexpr int kOpsetVersion = 1;  // the domain's opset version is the format version
+constexpr const char* kOpType = "TernaryConv";
+
+// Input positions: 0..3 are required, 4..7 optional (absent or empty names).
+constexpr int kInX = 0;
+constexpr int kInMask = 1;
+constexpr int kInSign = 2;
+constexpr int kInCentroids = 3;
+constexpr int kInScale = 4;
+constexpr int kInBias = 5;
+constexpr int kInInChannels = 6;
+constexpr int kInOutChannels = 7;
+constexpr int kNumRequiredInputs = 4;
+constexpr int kMaxInputs = 8;
+constexpr const char* kInputNames[kMaxInputs] = {"X", "mask", "sign", "centroids", "scale", "bias", "in_channels", "out_channels"};
+
+// Attribute names.
+constexpr const char* kAttrWeightShape = "weight_shape";
+constexpr const char* kAttrStrides = "strides";
+constexpr const char* kAttrPads = "pads";
+constexpr const char* kAttrDilations = "dilations";
+constexpr const char* kAttrGroup = "group";
+constexpr const char* kAttrOutChannels = "num_output_channels";
+constexpr const char* kAttrActivation = "activation";
+
+// Allowed values of `activation`.
+constexpr const char* kActivations[2] = {"", "Relu"};
+constexpr const char* kActivationNone = "";
+constexpr const char* kActivationRelu = "Relu";
+
+// Opset versions of the domain this library reads.
+constexpr int kSupportedOpsetVersions[1] = {1};
+
+// Element types (ONNX TensorProto.DataType codes).
+constexpr int kFloatDtype = 1;  // X and Y: float32
+constexpr int kMaskDtype = 2;  // uint8
+constexpr int kSignDtype = 2;  // uint8
+constexpr int kCentroidDtype = 10;  // float16
+constexpr int kAffineDtype = 10;  // float16: scale and bias
+constexpr int kChannelMapDtype = 6;  // int32: in_channels and out_channels
+
+// Bit layout: least significant bit first within each byte (numpy bitorder="little").
+constexpr const char* kBitOrder = "little";
+
+// C++-only constants (checked by the tests against the behaviour of the Python module).
+constexpr int kNumCentroids = 2;  // [negative value, positive value]
+constexpr int kCentroidNeg = 0;
+constexpr int kCentroidPos = 1;
+
+// Upper bound of every weight_shape, strides, pads, dilations and num_output_channels value
+// (the `limit` in ConvAttrs.validate).
+constexpr int64_t kMaxAttributeValue = int64_t{1} << 24;
+
+inline constexpr uint64_t PackedLength(uint64_t num_bits) { return num_bits / 8 + (num_bits % 8 != 0); }
+
+}  // namespace ternary_format
+}  // namespace micronet
