@@ -290,5 +290,17 @@ def export_checkpoint(
     return export_model(
         model, path, ternary=ternary, fp16=fp16, probe=probe, check=check,
         source=checkpoint.name,
-        metadata={"source_sha256": _sha256(checkpoint), "source_weights": which},
+        metadata={"source_sha256": _sha256(checkpoint), "source_weights": which, **_training_metadata(ckpt)},
     )
+
+
+def _training_metadata(ckpt: dict) -> dict[str, str]:
+    """What `mnx eval` needs to pick the right data by default, and PyTorch's own accuracy."""
+    out: dict[str, str] = {}
+    config = ckpt.get("config") or {}
+    if isinstance(config, dict) and isinstance(config.get("dataset"), str):
+        out["dataset"] = config["dataset"]
+    final = (ckpt.get("results") or {}).get("final") or {}
+    if isinstance(final, dict) and isinstance(final.get("test_acc"), float):
+        out["pytorch_test_acc"] = f"{final['test_acc']:.6f}"
+    return out

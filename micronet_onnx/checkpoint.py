@@ -59,14 +59,19 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def build_model(ckpt: dict[str, Any], *, best: bool = True) -> MicroNet:
     """The model a checkpoint holds, in eval mode (the selected weights when ``best``)."""
-    model = MicroNet(MicroNetConfig.from_dict(ckpt["model_config"]))
-    if ckpt.get("ternary") is not None:
-        ternarize_model(model, EC2TConfig.from_dict(ckpt["ternary"]))
-    state = ckpt.get("best_state_dict") if best and ckpt.get("best_state_dict") is not None else ckpt["state_dict"]
+    try:
+        model = MicroNet(MicroNetConfig.from_dict(ckpt["model_config"]))
+        if ckpt.get("ternary") is not None:
+            ternarize_model(model, EC2TConfig.from_dict(ckpt["ternary"]))
+        use_best = best and ckpt.get("best_state_dict") is not None
+        state = ckpt["best_state_dict"] if use_best else ckpt["state_dict"]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint has a malformed model description: {type(e).__name__}: {e}") from None
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit its model config: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint weights do not fit its model config: {first}") from None
     return model.eval()
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional
+from typing import NoReturn
 
 import typer
 
@@ -60,13 +61,13 @@ def main_callback(
 def train(
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint path (written atomically every epoch)."),
     dataset: str = typer.Option("digits", help="digits (embedded, offline), cifar10 or cifar100."),
-    data_dir: Optional[Path] = typer.Option(None, help="Folder holding cifar-10-batches-py/ or cifar-100-python/."),
+    data_dir: Path | None = typer.Option(None, help="Folder holding cifar-10-batches-py/ or cifar-100-python/."),
     download: bool = typer.Option(False, help="Download the CIFAR archive into --data-dir (checksum-verified)."),
     val_fraction: float = typer.Option(0.1, help="Share of the training set held out for model selection."),
     model: str = typer.Option("auto", help="micronet-c10, micronet-c100, baseline (d=w=1), micronet (custom) "
                               "or auto (the paper preset for the dataset's classes)."),
-    depth: Optional[float] = typer.Option(None, help="Depth multiplier d (blocks per stage = ceil(7d))."),
-    width: Optional[float] = typer.Option(None, help="Width multiplier w (channels 16w/32w/64w, rounded to 8)."),
+    depth: float | None = typer.Option(None, help="Depth multiplier d (blocks per stage = ceil(7d))."),
+    width: float | None = typer.Option(None, help="Width multiplier w (channels 16w/32w/64w, rounded to 8)."),
     dropout: float = typer.Option(0.2, help="Dropout inside the blocks."),
     epochs: int = typer.Option(250, help="Full-precision epochs (SGD, Nesterov, cosine)."),
     batch_size: int = typer.Option(128, help="Mini-batch size."),
@@ -81,13 +82,13 @@ def train(
     ternary: bool = typer.Option(False, help="After pre-training, ternarize with EC2T, then freeze the assignment."),
     ternary_epochs: int = typer.Option(20, help="EC2T epochs (assignment re-computed every step)."),
     freeze_epochs: int = typer.Option(15, help="Epochs with the assignment frozen (centroids, BN, FC train)."),
-    init: Optional[Path] = typer.Option(None, help="Ternarize this full-precision checkpoint instead of pre-training."),
+    init: Path | None = typer.Option(None, help="Ternarize this full-precision checkpoint instead of pre-training."),
     lambda_gain: float = typer.Option(0.15, help="EC2T gamma: strength of the entropy constraint (more = sparser)."),
     centroid_init: float = typer.Option(0.45, help="EC2T s: initial centroids s*|max W| and s*|min W|."),
     lr_weights: float = typer.Option(1e-4, help="EC2T Adam lr of the full-precision background weights."),
     lr_centroids: float = typer.Option(1e-5, help="EC2T Adam lr of the centroids w_p, w_n."),
     lr_other: float = typer.Option(1e-4, help="EC2T Adam lr of the non-quantized parameters."),
-    wn_grad: str = typer.Option("true", help="Gradient of w_n: 'true' (d loss/d w_n) or 'ttq' (reference code's sign)."),
+    wn_grad: str = typer.Option("true", help="Gradient of w_n: 'true' (d loss/d w_n) or 'ttq' (the reference sign)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final results as JSON on stdout."),
 ) -> None:
     """Train MicroNet in full precision, optionally followed by EC2T ternarization."""
@@ -118,7 +119,8 @@ def train(
         return
     final = results.get("final", {})
     if "fp" in results:
-        typer.echo(f"full precision: val {results['fp']['val_acc'] * 100:.2f}%  test {results['fp']['test_acc'] * 100:.2f}%")
+        fp = results["fp"]
+        typer.echo(f"full precision: val {fp['val_acc'] * 100:.2f}%  test {fp['test_acc'] * 100:.2f}%")
     if "layers" in final:
         typer.echo(layer_table(final["layers"]))
         typer.echo(f"ternary: val {final['val_acc'] * 100:.2f}%  test {final['test_acc'] * 100:.2f}%  "
@@ -149,12 +151,67 @@ def export_cmd(
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_out else "\n".join(report.summary()))
 
 
+@app.command()
+def score(
+    model: Path = typer.Argument(..., help="Any ONNX file; micronet::TernaryConv nodes are counted by Appendix B."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    input_shape: str | None = typer.Option(None, help="Input shape when the file's is symbolic, e.g. 1,3,32,32."),
+    mult_bits: int = typer.Option(16, help="Bits of multiplications not by a dense weight (centroids, BN, ReLU)."),
+    add_bits: int = typer.Option(32, help="Bits of additions."),
+    dense_bits: int | None = typer.Option(None, help="Bits of dense-weight multiplications (default: stored)."),
+    tree_adder: bool = typer.Option(False, help="Count ternary accumulations in a 16,17,18..-bit tree adder."),
+) -> None:
+    """Storage (Appendix B and bits stored), operations and MicroNet score of an ONNX file (docs/scoring.md)."""
+    from .scoring import ScoreInputError, ScoreOptions, render_table, report_to_json, score_model
+
+    with user_errors():
+        shape = None
+        if input_shape:
+            try:
+                shape = tuple(int(v) for v in input_shape.split(","))
+            except ValueError:
+                fail(f"--input-shape must be comma-separated integers, got {input_shape!r}")
+        opts = ScoreOptions(input_shape=shape, mult_bits=mult_bits, add_bits=add_bits, dense_bits=dense_bits,
+                            tree_adder=tree_adder)
+        try:
+            report = score_model(model, opts)
+        except ScoreInputError as e:
+            fail(_first_line(e))
+    typer.echo(report_to_json(report) if json_out else render_table(report))
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Path = typer.Argument(..., help="ONNX file (ternary files run through our custom-op library)."),
+    dataset: str | None = typer.Option(None, help="digits, cifar10 or cifar100 (default: the model's own)."),
+    data_dir: Path | None = typer.Option(None, help="CIFAR folder (see mnx train --help)."),
+    split: str = typer.Option("test", help="train, val or test."),
+    batch_size: int = typer.Option(64, help="Images per onnxruntime run."),
+    threads: int | None = typer.Option(None, help="onnxruntime intra-op threads (default: one per core)."),
+    limit: int | None = typer.Option(None, help="Stop after about this many images."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Top-1 accuracy and images/s of an ONNX file in onnxruntime on the CPU."""
+    from .evaluate import evaluate_onnx, render
+    from .runtime import OpsLibraryError
+
+    with user_errors():
+        if batch_size <= 0 or (threads is not None and threads <= 0):
+            fail("--batch-size and --threads must be positive")
+        try:
+            result = evaluate_onnx(model, dataset, str(data_dir) if data_dir else None, split=split,
+                                   batch_size=batch_size, threads=threads, limit=limit)
+        except OpsLibraryError as e:
+            fail(_first_line(e))
+    typer.echo(json.dumps(result, indent=2) if json_out else render(result))
+
+
 @app.command("bench-ec2t")
 def bench_ec2t(
     model: str = typer.Option("micronet", help="Preset (micronet-c10, micronet-c100, baseline, micronet)."),
-    depth: Optional[float] = typer.Option(0.3, help="Depth multiplier (ignored for paper presets unless set)."),
-    width: Optional[float] = typer.Option(1.0, help="Width multiplier."),
-    classes: Optional[int] = typer.Option(None, help="Number of classes (default: the preset's, else 10)."),
+    depth: float | None = typer.Option(0.3, help="Depth multiplier (ignored for paper presets unless set)."),
+    width: float | None = typer.Option(1.0, help="Width multiplier."),
+    classes: int | None = typer.Option(None, help="Number of classes (default: the preset's, else 10)."),
     batch_size: int = typer.Option(32, help="Batch size of both steps."),
     repeats: int = typer.Option(10, help="Timed steps of each kind (medians are reported)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),

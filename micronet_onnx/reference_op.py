@@ -41,7 +41,9 @@ def conv2d_nchw(
         for i in range(kh):
             for j in range(kw):
                 r0, c0 = i * dilations[0], j * dilations[1]
-                patch = xg[:, :, r0 : r0 + strides[0] * (oh - 1) + 1 : strides[0], c0 : c0 + strides[1] * (ow - 1) + 1 : strides[1]]
+                rows = slice(r0, r0 + strides[0] * (oh - 1) + 1, strides[0])
+                cols = slice(c0, c0 + strides[1] * (ow - 1) + 1, strides[1])
+                patch = xg[:, :, rows, cols]
                 out[:, g * mg : (g + 1) * mg] += np.einsum("bchw,mc->bmhw", patch, wg[:, :, i, j])
     return out
 
@@ -63,47 +65,21 @@ def ternary_conv(
     x = np.asarray(x)
     if x.dtype != np.float32 or x.ndim != 4:
         raise tf.FormatError(f"X must be float32 [B, C, H, W], got {x.dtype} {list(x.shape)}")
-    weight = tf.decode_weight(mask, sign, centroids, attrs.weight_shape)
-    m_stored, m_out = attrs.m_stored, attrs.m_out
-    if in_channels is not None:
-        if attrs.group != 1:
-            raise tf.FormatError("in_channels requires group == 1")
-        idx = _channel_map(in_channels, attrs.weight_shape[1], x.shape[1], "in_channels")
-        x = x[:, idx]
-    conv = conv2d_nchw(x, weight, attrs.strides, attrs.pads, attrs.dilations, attrs.group)
-    if out_channels is not None:
-        rows = _channel_map(out_channels, m_stored, m_out, "out_channels")
-    elif m_out != m_stored:
-        raise tf.FormatError("num_output_channels differs from weight_shape[0] without out_channels")
-    else:
-        rows = np.arange(m_stored)
-    full = np.zeros((x.shape[0], m_out, *conv.shape[2:]), dtype=np.float64)
+    node = tf.check_node_tensors(attrs, mask, sign, centroids, scale, bias, in_channels, out_channels,
+                                 x_channels=x.shape[1])
+    if node.in_channels is not None:
+        x = x[:, node.in_channels.astype(np.int64)]
+    conv = conv2d_nchw(x, node.weight(), attrs.strides, attrs.pads, attrs.dilations, attrs.group)
+    rows = node.out_channels.astype(np.int64) if node.out_channels is not None else np.arange(attrs.m_stored)
+    full = np.zeros((x.shape[0], attrs.m_out, *conv.shape[2:]), dtype=np.float64)
     full[:, rows] = conv
     if scale is not None:
-        full *= _per_channel(scale, m_out, "scale")
+        full *= np.asarray(scale).astype(np.float64).reshape(1, -1, 1, 1)
     if bias is not None:
-        full += _per_channel(bias, m_out, "bias")
+        full += np.asarray(bias).astype(np.float64).reshape(1, -1, 1, 1)
     if attrs.activation == "Relu":
         full = np.maximum(full, 0.0)
     return full.astype(np.float32)
-
-
-def _per_channel(v: np.ndarray, m_out: int, name: str) -> np.ndarray:
-    v = np.asarray(v)
-    if v.dtype != tf.AFFINE_DTYPE or v.shape != (m_out,):
-        raise tf.FormatError(f"{name} must be float16 [{m_out}], got {v.dtype} {list(v.shape)}")
-    return v.astype(np.float64).reshape(1, m_out, 1, 1)
-
-
-def _channel_map(v: np.ndarray, length: int, bound: int, name: str) -> np.ndarray:
-    v = np.asarray(v)
-    if v.dtype != tf.CHANNEL_MAP_DTYPE or v.shape != (length,):
-        raise tf.FormatError(f"{name} must be int32 [{length}], got {v.dtype} {list(v.shape)}")
-    if v.size and (v.min() < 0 or v.max() >= bound):
-        raise tf.FormatError(f"{name} has an index outside [0, {bound})")
-    if np.unique(v).size != v.size:
-        raise tf.FormatError(f"{name} repeats an index")
-    return v.astype(np.int64)
 
 
 class TernaryConv(OpRun):

@@ -762,24 +762,9 @@ def _ternary_analysis(node: onnx.NodeProto, g: _Graph, shapes: dict[str, list[in
     groups = attrs.group
     n_stored = cg * groups
     m_out = attrs.m_out
-    codes = tf.unpack_codes(mask, sign, ws)
-    if centroids.dtype != tf.CENTROID_DTYPE or centroids.shape != (2,):
-        raise tf.FormatError(f"centroids must be float16 [2], got {centroids.dtype} {list(centroids.shape)}")
-    for nm, v in (("scale", scale), ("bias", bias)):
-        if v is not None and (v.dtype != tf.AFFINE_DTYPE or v.shape != (m_out,)):
-            raise tf.FormatError(f"{nm} must be float16 [{m_out}], got {v.dtype} {list(v.shape)}")
     x_shape = shapes.get(inputs[tf.IN_X])
     c_in = x_shape[1] if x_shape is not None and len(x_shape) == 4 else None
-    if in_map is not None:
-        if groups != 1:
-            raise tf.FormatError("in_channels requires group == 1")
-        _check_map(in_map, n_stored, c_in, "in_channels")
-    elif c_in is not None and c_in != n_stored:
-        raise tf.FormatError(f"X has {c_in} channels, the weight reads {n_stored} (and no in_channels map)")
-    if out_map is not None:
-        _check_map(out_map, m_stored, m_out, "out_channels")
-    elif m_out != m_stored:
-        raise tf.FormatError("num_output_channels differs from weight_shape[0] without out_channels")
+    codes = tf.check_node_tensors(attrs, mask, sign, centroids, scale, bias, in_map, out_map, x_channels=c_in).codes
 
     nnz_rows = np.count_nonzero(codes.reshape(m_stored, -1), axis=1).astype(np.int64)
     live = nnz_rows > 0
@@ -814,15 +799,6 @@ def _ternary_analysis(node: onnx.NodeProto, g: _Graph, shapes: dict[str, list[in
         "x_channels_read": x_channels_read,
         "two_valued": len(distinct_codes) <= 2,
     }
-
-
-def _check_map(v: np.ndarray, length: int, bound: int | None, name: str) -> None:
-    if v.dtype != tf.CHANNEL_MAP_DTYPE or v.shape != (length,):
-        raise tf.FormatError(f"{name} must be int32 [{length}], got {v.dtype} {list(v.shape)}")
-    if v.size and (v.min() < 0 or (bound is not None and v.max() >= bound)):
-        raise tf.FormatError(f"{name} has an index outside [0, {bound})")
-    if np.unique(v).size != v.size:
-        raise tf.FormatError(f"{name} repeats an index")
 
 
 _CHANNELWISE_UNARY = {"Relu", "Identity", "Dropout", "Cast", "LeakyRelu", "Clip", "Sigmoid", "Tanh"}

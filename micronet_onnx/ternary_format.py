@@ -60,6 +60,8 @@ ATTR_ACTIVATION = "activation"  # string: "" (none) or "Relu"; default ""
 
 ACTIVATIONS = ("", "Relu")
 
+MAX_ATTRIBUTE_VALUE = 1 << 24  # upper bound of every shape, stride, pad, dilation and channel count
+
 MASK_DTYPE = np.uint8
 SIGN_DTYPE = np.uint8
 CENTROID_DTYPE = np.float16
@@ -200,8 +202,8 @@ class ConvAttrs:
             raise FormatError(f"num_output_channels {self.num_output_channels} < weight_shape[0] {ws[0]}")
         if self.activation not in ACTIVATIONS:
             raise FormatError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        limit = 1 << 24
-        if any(v > limit for v in (*ws, *self.strides, *self.pads, *self.dilations, self.num_output_channels)):
+        values = (*ws, *self.strides, *self.pads, *self.dilations, self.num_output_channels)
+        if any(v > MAX_ATTRIBUTE_VALUE for v in values):
             raise FormatError("an attribute value is out of range")
         return self
 
@@ -225,6 +227,8 @@ class ConvAttrs:
         """Build from a name -> python value mapping (``onnx.helper.get_attribute_value``)."""
         if ATTR_WEIGHT_SHAPE not in attrs:
             raise FormatError("missing required attribute weight_shape")
+        if ATTR_OUT_CHANNELS in attrs and int(attrs[ATTR_OUT_CHANNELS]) <= 0:
+            raise FormatError(f"num_output_channels must be positive, got {attrs[ATTR_OUT_CHANNELS]}")
         act = attrs.get(ATTR_ACTIVATION, "")
         if isinstance(act, bytes):
             act = act.decode("utf-8", "replace")
@@ -243,3 +247,63 @@ class ConvAttrs:
         oh = (h + self.pads[0] + self.pads[2] - self.dilations[0] * (kh - 1) - 1) // self.strides[0] + 1
         ow = (w + self.pads[1] + self.pads[3] - self.dilations[1] * (kw - 1) - 1) // self.strides[1] + 1
         return oh, ow
+
+
+@dataclass(frozen=True)
+class NodeTensors:
+    """The constant inputs of one TernaryConv node, checked against its attributes."""
+
+    attrs: ConvAttrs
+    codes: np.ndarray  # int8 [weight_shape] in {-1, 0, +1}
+    centroids: np.ndarray  # float16 [2]
+    scale: np.ndarray | None
+    bias: np.ndarray | None
+    in_channels: np.ndarray | None
+    out_channels: np.ndarray | None
+
+    def weight(self) -> np.ndarray:
+        """The float32 weight the node stands for."""
+        c = self.centroids.astype(np.float32)
+        return np.where(self.codes > 0, c[1], np.where(self.codes < 0, c[0], np.float32(0))).astype(np.float32)
+
+
+def check_node_tensors(attrs: ConvAttrs, mask: np.ndarray, sign: np.ndarray, centroids: np.ndarray,
+                       scale: np.ndarray | None = None, bias: np.ndarray | None = None,
+                       in_channels: np.ndarray | None = None, out_channels: np.ndarray | None = None,
+                       x_channels: int | None = None) -> NodeTensors:
+    """Every check docs/ternary-conv.md asks of a reader, in one place (reference op, scorer, tests).
+
+    ``x_channels`` is the channel count of X when known; without it the in_channels bound is not
+    checked (it is a run-time check).
+    """
+    codes = unpack_codes(mask, sign, attrs.weight_shape)
+    centroids = np.asarray(centroids)
+    if centroids.dtype != CENTROID_DTYPE or centroids.shape != (2,):
+        raise FormatError(f"centroids must be float16 [2], got {centroids.dtype} {list(centroids.shape)}")
+    m_out, m_stored = attrs.m_out, attrs.m_stored
+    n_stored = attrs.weight_shape[1] * attrs.group
+    for name, v in (("scale", scale), ("bias", bias)):
+        v = None if v is None else np.asarray(v)
+        if v is not None and (v.dtype != AFFINE_DTYPE or v.shape != (m_out,)):
+            raise FormatError(f"{name} must be float16 [{m_out}], got {v.dtype} {list(v.shape)}")
+    if in_channels is not None:
+        if attrs.group != 1:
+            raise FormatError("in_channels requires group == 1")
+        _check_channel_map(in_channels, n_stored, x_channels, "in_channels")
+    elif x_channels is not None and x_channels != n_stored:
+        raise FormatError(f"X has {x_channels} channels, the weight reads {n_stored} (and no in_channels map)")
+    if out_channels is not None:
+        _check_channel_map(out_channels, m_stored, m_out, "out_channels")
+    elif m_out != m_stored:
+        raise FormatError("num_output_channels differs from weight_shape[0] without out_channels")
+    return NodeTensors(attrs, codes, centroids, scale, bias, in_channels, out_channels)
+
+
+def _check_channel_map(v: np.ndarray, length: int, bound: int | None, name: str) -> None:
+    v = np.asarray(v)
+    if v.dtype != CHANNEL_MAP_DTYPE or v.shape != (length,):
+        raise FormatError(f"{name} must be int32 [{length}], got {v.dtype} {list(v.shape)}")
+    if v.size and (v.min() < 0 or (bound is not None and v.max() >= bound)):
+        raise FormatError(f"{name} has an index outside [0, {bound})")
+    if np.unique(v).size != v.size:
+        raise FormatError(f"{name} repeats an index")

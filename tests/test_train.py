@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from micronet_onnx import checkpoint, train as train_mod
+from micronet_onnx import checkpoint
+from micronet_onnx import train as train_mod
 from micronet_onnx.train import TrainConfig, train
 
 from .conftest import TINY
