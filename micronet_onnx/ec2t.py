@@ -155,6 +155,23 @@ def entropy_constrained_codes(w: torch.Tensor, w_p: torch.Tensor, w_n: torch.Ten
     return pos.to(torch.int8) - neg.to(torch.int8)
 
 
+def _threshold_codes(w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, gap_p: torch.Tensor | None,
+                     gap_n: torch.Tensor | None, seg: torch.Tensor) -> torch.Tensor:
+    """`entropy_constrained_codes` for a flat concatenation of layers (per-layer values by ``seg``)."""
+    if gap_p is None or gap_n is None:
+        gap_p = gap_n = torch.zeros_like(wp)
+    t_p = (wp * wp + gap_p) / (2 * wp)
+    t_n = (wn * wn + gap_n) / (2 * wn)
+    pos = w > t_p[seg]
+    neg = w < -t_n[seg]
+    if bool((t_p < -t_n).any()):  # overlapping regions: settle + against - by their costs
+        both = pos & neg
+        pos_wins = (w - wp[seg]) ** 2 + gap_p[seg] < (w + wn[seg]) ** 2 + gap_n[seg]
+        pos = pos & (~both | pos_wins)
+        neg = neg & (~both | ~pos_wins)
+    return pos.to(torch.int8) - neg.to(torch.int8)
+
+
 def cluster_information(codes: torch.Tensor, zero_share_floor: float) -> torch.Tensor:
     """I_c = -log2 P_c of the shares of [-, 0, +], with P_0 raised to ``zero_share_floor``.
 
@@ -206,38 +223,91 @@ class EC2TQuantizer:
 
     @torch.no_grad()
     def after_step(self) -> None:
-        self.floor_centroids()
+        """Floor the centroids, then (unless frozen) re-assign every weight.
+
+        All layers are handled at once on one flat copy of the background weights, with per-layer
+        statistics from segment reductions: a fixed, small number of kernels per step instead of a
+        few dozen per layer, which is what keeps a 138-layer model's step cheap on a GPU.
+        """
+        w, wp, wn = self._gather()
+        wp, wn = self._floor(w, wp, wn)
         if not self.frozen:
-            self.reassign()
+            self._reassign(w, wp, wn)
 
     @torch.no_grad()
     def floor_centroids(self) -> None:
-        for _, layer in self.layers:
-            floor = self.config.centroid_floor * layer.weight.std()
-            layer.w_p.clamp_(min=floor)
-            layer.w_n.clamp_(min=floor)
-
-    @torch.no_grad()
-    def lambdas(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer (lambda_l, I) for the current assignment."""
-        out = []
-        gamma = self.config.lambda_gain
-        for delta, (_, layer) in zip(self.delta, self.layers):
-            w = layer.weight
-            info = cluster_information(nearest_codes(w, layer.w_p, layer.w_n), self.config.zero_share_floor)
-            w_min, w_max = w.min().double(), w.max().double()
-            w_n, w_p = layer.w_n.double(), layer.w_p.double()
-            eps = 1e-12
-            lmax_n = (w_min**2 - (w_min.abs() - w_n) ** 2) / (info[0] - info[1]).clamp_min(eps)
-            lmax_p = (w_max**2 - (w_max - w_p) ** 2) / (info[2] - info[1]).clamp_min(eps)
-            lam = (gamma * delta * torch.minimum(lmax_n, lmax_p)).clamp_min(0.0)
-            out.append((lam.to(w.dtype), info.to(w.dtype)))
-        return out
+        self._floor(*self._gather())
 
     @torch.no_grad()
     def reassign(self) -> None:
-        for (lam, info), (_, layer) in zip(self.lambdas(), self.layers):
-            layer.codes.copy_(entropy_constrained_codes(layer.weight, layer.w_p, layer.w_n, lam, info))
+        self._reassign(*self._gather())
+
+    def _gather(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        w = torch.cat([layer.weight.detach().reshape(-1) for _, layer in self.layers])
+        wp = torch.stack([layer.w_p.detach() for _, layer in self.layers])
+        wn = torch.stack([layer.w_n.detach() for _, layer in self.layers])
+        return w, wp, wn
+
+    def _floor(self, w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """w_p, w_n >= centroid_floor * std(W) per layer (unbiased std, two passes)."""
+        flat = self._flat_view()
+        seg, n = flat["seg"], flat["n"].to(w.dtype)
+        mean = torch.zeros_like(wp).index_add_(0, seg, w) / n
+        var = torch.zeros_like(wp).index_add_(0, seg, (w - mean[seg]) ** 2) / (n - 1).clamp_min(1)
+        floor = self.config.centroid_floor * var.sqrt()
+        wp, wn = torch.maximum(wp, floor), torch.maximum(wn, floor)
+        torch._foreach_copy_([layer.w_p for _, layer in self.layers], list(wp.unbind()))
+        torch._foreach_copy_([layer.w_n for _, layer in self.layers], list(wn.unbind()))
+        return wp, wn
+
+    def _reassign(self, w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor) -> None:
+        flat = self._flat_view()
+        lam, info = self._flat_lambdas(w, wp, wn, flat)
+        gap_p = lam * (info[:, 2] - info[:, 1])
+        gap_n = lam * (info[:, 0] - info[:, 1])
+        codes = _threshold_codes(w, wp, wn, gap_p, gap_n, flat["seg"])
+        torch._foreach_copy_([layer.codes.view(-1) for _, layer in self.layers], list(codes.split(flat["numels"])))
+
+    def _flat_view(self) -> dict:
+        device = self.layers[0][1].weight.device
+        if getattr(self, "_flat", None) is None or self._flat["seg"].device != device:
+            numels = [layer.weight.numel() for _, layer in self.layers]
+            counts = torch.tensor(numels, device=device)
+            self._flat = {
+                "numels": numels,
+                "seg": torch.repeat_interleave(torch.arange(len(numels), device=device), counts),
+                "n": counts.to(torch.float64),
+                "delta": torch.tensor(self.delta, dtype=torch.float64, device=device),
+            }
+        return self._flat
+
+    def _flat_lambdas(self, w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, flat: dict):
+        """lambda_l (float, per layer) and I (per layer x [-, 0, +]) from the nearest assignment."""
+        seg, n, n_layers = flat["seg"], flat["n"], len(flat["numels"])
+        nearest = _threshold_codes(w, wp, wn, None, None, seg)
+        counts = torch.bincount(seg * 3 + (nearest.to(torch.int64) + 1), minlength=3 * n_layers).view(n_layers, 3)
+        p = counts.to(torch.float64) / n.unsqueeze(1)
+        floor0 = self.config.zero_share_floor
+        deficit = (floor0 - p[:, 1]).clamp_min(0.0)
+        nonzero = p[:, 0] + p[:, 2]
+        take = torch.where(nonzero > 0, deficit / nonzero.clamp_min(1e-300), torch.zeros_like(nonzero))
+        p = torch.stack([p[:, 0] * (1 - take), p[:, 1].clamp_min(floor0), p[:, 2] * (1 - take)], 1)
+        info = -torch.log2(p.clamp_min(1e-12))
+        big = torch.finfo(w.dtype).max
+        w_min = torch.full_like(wp, big).scatter_reduce_(0, seg, w, "amin").double()
+        w_max = torch.full_like(wp, -big).scatter_reduce_(0, seg, w, "amax").double()
+        wn64, wp64 = wn.double(), wp.double()
+        eps = 1e-12
+        lmax_n = (w_min**2 - (w_min.abs() - wn64) ** 2) / (info[:, 0] - info[:, 1]).clamp_min(eps)
+        lmax_p = (w_max**2 - (w_max - wp64) ** 2) / (info[:, 2] - info[:, 1]).clamp_min(eps)
+        lam = (self.config.lambda_gain * flat["delta"] * torch.minimum(lmax_n, lmax_p)).clamp_min(0.0)
+        return lam.to(w.dtype), info.to(w.dtype)
+
+    @torch.no_grad()
+    def lambdas(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (lambda_l, I) for the current weights and centroids."""
+        lam, info = self._flat_lambdas(*self._gather(), self._flat_view())
+        return list(zip(lam.unbind(), info.unbind()))
 
     def stats(self) -> list[dict]:
         """Per-layer sparsity, centroids and dead channels (plain data for tables and logs)."""
