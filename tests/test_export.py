@@ -317,14 +317,10 @@ def test_fp16_exports(tmodel, tmp_path):
     assert tern.parity.passed and tern.file_bytes < dense.file_bytes
 
 
-def test_ternary_file_runs_with_custom_op_library(ternary_export):
+def test_ternary_file_runs_with_custom_op_library(ternary_export, ops_library):
     """The C++ kernels (runtime_ops/) agree with the reference op on an exported file, maps included."""
     from micronet_onnx import runtime
 
-    try:
-        runtime.ops_library_path()
-    except runtime.OpsLibraryError as e:
-        pytest.skip(str(e))
     path, _ = ternary_export
     x = default_probe(batch=2).numpy()
     y = runtime.create_session(path, threads=1).run(None, {"input": x})[0]

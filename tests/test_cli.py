@@ -1,0 +1,52 @@
+"""The `mnx` command line: help, version, and one-line errors with exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from micronet_onnx import __version__
+
+
+def mnx(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "micronet_onnx", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_and_version():
+    r = mnx("--help")
+    assert r.returncode == 0
+    for cmd in ("train", "export", "score", "eval", "bench-ec2t"):
+        assert cmd in r.stdout
+    r = mnx("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"mnx {__version__}"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "-o", "{tmp}/x.pt", "--dataset", "mnist"], "unknown dataset"),
+    (["train", "-o", "{tmp}/x.pt", "--dataset", "cifar10", "--data-dir", "{tmp}"], "no cifar-10-batches-py"),
+    (["train", "-o", "{tmp}/x.pt", "--model", "resnet"], "unknown model"),
+    (["train", "-o", "{tmp}/x.pt", "--batch-size", "0"], "batch size"),
+    (["train", "-o", "{tmp}/x.pt", "--device", "tpu"], "device"),
+    (["train", "-o", "{tmp}/x.pt", "--lambda-gain", "-1"], "lambda gain"),
+    (["train", "-o", "{tmp}/x.pt", "--init", "{tmp}/none.pt", "--ternary"], "no checkpoint"),
+    (["train", "-o", "{tmp}/none.pt", "--resume"], "no checkpoint"),
+    (["train", "-o", "{tmp}/exists.pt"], "exists"),
+    (["score", "{tmp}/none.onnx"], "no such file"),
+    (["score", "{tmp}/exists.pt"], "not"),
+    (["eval", "{tmp}/none.onnx"], "no such file"),
+    (["export", "{tmp}/exists.pt", "-o", "{tmp}/o.onnx"], "cannot read checkpoint"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, args, message):
+    (tmp_path / "exists.pt").write_bytes(b"junk")
+    r = mnx(*[a.format(tmp=tmp_path) for a in args])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnx: error:") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert (tmp_path / "exists.pt").read_bytes() == b"junk"  # nothing the user had is touched
+
+
+def test_bad_option_value_is_a_usage_error():
+    r = mnx("train", "-o", "x.pt", "--epochs", "many")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
