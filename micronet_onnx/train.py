@@ -246,6 +246,7 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False,
                 layer_stats = quantizer.stats()
                 row["dead_channels"] = sum(s["dead_channels"] for s in layer_stats)
                 row["layer_sparsity"] = [round(s["sparsity"], 4) for s in layer_stats]
+                row["stage_sparsity"] = _stage_sparsity(layer_stats)
             metrics.append(row)
             if val["acc"] > best["val_acc"]:
                 best = {"val_acc": val["acc"], "epoch": global_epoch + 1}
@@ -303,12 +304,25 @@ def _train_epoch(model, ds, aug, cfg, optimizer, scheduler, quantizer, gen, devi
             "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
 
 
+def _stage_sparsity(layer_stats: list[dict]) -> list[float]:
+    """Share of zeros per stage (weighted by layer size), for a compact per-epoch report."""
+    zeros: dict[str, float] = {}
+    total: dict[str, float] = {}
+    for s in layer_stats:
+        stage = s["layer"].split(".")[0]
+        n = math.prod(s["shape"])
+        zeros[stage] = zeros.get(stage, 0.0) + s["sparsity"] * n
+        total[stage] = total.get(stage, 0.0) + n
+    return [zeros[k] / total[k] for k in sorted(total)]
+
+
 def _epoch_line(row: dict) -> str:
     line = (f"epoch {row['epoch']:3d} [{row['phase']}] loss {row['train_loss']:.4f} "
             f"train {row['train_acc'] * 100:5.1f}% val {row['val_acc'] * 100:5.1f}% "
             f"{row['images_per_s']:.0f} img/s")
     if "sparsity" in row:
-        line += f" sparsity {row['sparsity'] * 100:.1f}% dead {row['dead_channels']}"
+        stages = "/".join(f"{v * 100:.0f}" for v in row.get("stage_sparsity", []))
+        line += f" sparsity {row['sparsity'] * 100:.1f}% (stages {stages}%) dead {row['dead_channels']}"
     return line
 
 
