@@ -223,91 +223,108 @@ class EC2TQuantizer:
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Floor the centroids, then (unless frozen) re-assign every weight.
-
-        All layers are handled at once on one flat copy of the background weights, with per-layer
-        statistics from segment reductions: a fixed, small number of kernels per step instead of a
-        few dozen per layer, which is what keeps a 138-layer model's step cheap on a GPU.
-        """
-        w, wp, wn = self._gather()
-        wp, wn = self._floor(w, wp, wn)
+        """Floor the centroids, then (unless frozen) re-assign every weight."""
+        stats = self._layer_stats(floor=True)
         if not self.frozen:
-            self._reassign(w, wp, wn)
+            self._assign(stats)
 
     @torch.no_grad()
     def floor_centroids(self) -> None:
-        self._floor(*self._gather())
+        self._layer_stats(floor=True)
 
     @torch.no_grad()
     def reassign(self) -> None:
-        self._reassign(*self._gather())
+        """Entropy-constrained re-assignment with the current centroids (no floor)."""
+        self._assign(self._layer_stats(floor=False))
 
-    def _gather(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        w = torch.cat([layer.weight.detach().reshape(-1) for _, layer in self.layers])
-        wp = torch.stack([layer.w_p.detach() for _, layer in self.layers])
-        wn = torch.stack([layer.w_n.detach() for _, layer in self.layers])
-        return w, wp, wn
+    @torch.no_grad()
+    def lambdas(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (lambda_l, I) for the current weights and centroids."""
+        lam, info = self._lambdas(self._layer_stats(floor=False))
+        return list(zip(lam.unbind(), info.unbind()))
 
-    def _floor(self, w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """w_p, w_n >= centroid_floor * std(W) per layer (unbiased std, two passes)."""
-        flat = self._flat_view()
-        seg, n = flat["seg"], flat["n"].to(w.dtype)
-        mean = torch.zeros_like(wp).index_add_(0, seg, w) / n
-        var = torch.zeros_like(wp).index_add_(0, seg, (w - mean[seg]) ** 2) / (n - 1).clamp_min(1)
-        floor = self.config.centroid_floor * var.sqrt()
-        wp, wn = torch.maximum(wp, floor), torch.maximum(wn, floor)
-        torch._foreach_copy_([layer.w_p for _, layer in self.layers], list(wp.unbind()))
-        torch._foreach_copy_([layer.w_n for _, layer in self.layers], list(wn.unbind()))
-        return wp, wn
+    # The statistics EC2T needs per layer (std, min, max, nearest-cluster counts) are gathered
+    # in one of two ways with the same results: a loop over layers on the CPU, where an op costs
+    # microseconds and big temporaries cost page faults; and on one flat copy of all weights with
+    # segment reductions on a GPU, where it is the number of kernel launches that counts
+    # (MicroNet-C100 has 138 ternary layers). ``flat=None`` picks by device.
+    flat: bool | None = None
 
-    def _reassign(self, w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor) -> None:
-        flat = self._flat_view()
-        lam, info = self._flat_lambdas(w, wp, wn, flat)
-        gap_p = lam * (info[:, 2] - info[:, 1])
-        gap_n = lam * (info[:, 0] - info[:, 1])
-        codes = _threshold_codes(w, wp, wn, gap_p, gap_n, flat["seg"])
-        torch._foreach_copy_([layer.codes.view(-1) for _, layer in self.layers], list(codes.split(flat["numels"])))
+    def _use_flat(self) -> bool:
+        return self.flat if self.flat is not None else self.layers[0][1].weight.device.type == "cuda"
 
-    def _flat_view(self) -> dict:
-        device = self.layers[0][1].weight.device
-        if getattr(self, "_flat", None) is None or self._flat["seg"].device != device:
-            numels = [layer.weight.numel() for _, layer in self.layers]
-            counts = torch.tensor(numels, device=device)
-            self._flat = {
-                "numels": numels,
-                "seg": torch.repeat_interleave(torch.arange(len(numels), device=device), counts),
-                "n": counts.to(torch.float64),
-                "delta": torch.tensor(self.delta, dtype=torch.float64, device=device),
-            }
-        return self._flat
+    def _layer_stats(self, floor: bool) -> dict[str, torch.Tensor]:
+        layers = [layer for _, layer in self.layers]
+        c = self.config.centroid_floor
+        if self._use_flat():
+            numels = [layer.weight.numel() for layer in layers]
+            lengths = torch.tensor(numels, device=layers[0].weight.device)
+            w = torch.cat([layer.weight.detach().reshape(-1) for layer in layers])
+            seg = torch.repeat_interleave(torch.arange(len(layers), device=w.device), lengths,
+                                          output_size=w.numel())
+            wp = torch.stack([layer.w_p.detach() for layer in layers])
+            wn = torch.stack([layer.w_n.detach() for layer in layers])
+            if floor:
+                mean = torch.segment_reduce(w, "mean", lengths=lengths)
+                var = torch.segment_reduce((w - mean[seg]) ** 2, "sum", lengths=lengths) / (lengths - 1).clamp_min(1)
+                wp, wn = torch.maximum(wp, c * var.sqrt()), torch.maximum(wn, c * var.sqrt())
+                torch._foreach_copy_([layer.w_p for layer in layers], list(wp.unbind()))
+                torch._foreach_copy_([layer.w_n for layer in layers], list(wn.unbind()))
+            n_pos = torch.segment_reduce((w > (wp / 2)[seg]).float(), "sum", lengths=lengths)
+            n_neg = torch.segment_reduce((w < -(wn / 2)[seg]).float(), "sum", lengths=lengths)
+            w_min = torch.segment_reduce(w, "min", lengths=lengths)
+            w_max = torch.segment_reduce(w, "max", lengths=lengths)
+            n = lengths.to(w.dtype)
+            return {"w": w, "seg": seg, "numels": numels, "wp": wp, "wn": wn, "w_min": w_min, "w_max": w_max,
+                    "counts": torch.stack([n_neg, n - n_pos - n_neg, n_pos], 1)}
+        rows = []
+        for layer in layers:
+            w = layer.weight.detach()
+            if floor:
+                f = c * w.std()
+                layer.w_p.clamp_(min=f)
+                layer.w_n.clamp_(min=f)
+            wp, wn = layer.w_p.detach(), layer.w_n.detach()
+            n_pos = torch.count_nonzero(w > wp / 2)
+            n_neg = torch.count_nonzero(w < -wn / 2)
+            lo, hi = torch.aminmax(w)
+            rows.append(torch.stack([wp, wn, lo, hi, n_neg.to(w.dtype), (w.numel() - n_pos - n_neg).to(w.dtype),
+                                     n_pos.to(w.dtype)]))
+        t = torch.stack(rows)
+        return {"wp": t[:, 0], "wn": t[:, 1], "w_min": t[:, 2], "w_max": t[:, 3], "counts": t[:, 4:7]}
 
-    def _flat_lambdas(self, w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, flat: dict):
-        """lambda_l (float, per layer) and I (per layer x [-, 0, +]) from the nearest assignment."""
-        seg, n, n_layers = flat["seg"], flat["n"], len(flat["numels"])
-        nearest = _threshold_codes(w, wp, wn, None, None, seg)
-        counts = torch.bincount(seg * 3 + (nearest.to(torch.int64) + 1), minlength=3 * n_layers).view(n_layers, 3)
-        p = counts.to(torch.float64) / n.unsqueeze(1)
+    def _lambdas(self, stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """lambda_l and I (per layer x [-, 0, +]) from the nearest-assignment cluster counts."""
+        counts = stats["counts"].double()
+        p = counts / counts.sum(1, keepdim=True)
         floor0 = self.config.zero_share_floor
         deficit = (floor0 - p[:, 1]).clamp_min(0.0)
         nonzero = p[:, 0] + p[:, 2]
         take = torch.where(nonzero > 0, deficit / nonzero.clamp_min(1e-300), torch.zeros_like(nonzero))
         p = torch.stack([p[:, 0] * (1 - take), p[:, 1].clamp_min(floor0), p[:, 2] * (1 - take)], 1)
         info = -torch.log2(p.clamp_min(1e-12))
-        big = torch.finfo(w.dtype).max
-        w_min = torch.full_like(wp, big).scatter_reduce_(0, seg, w, "amin").double()
-        w_max = torch.full_like(wp, -big).scatter_reduce_(0, seg, w, "amax").double()
-        wn64, wp64 = wn.double(), wp.double()
+        w_min, w_max = stats["w_min"].double(), stats["w_max"].double()
+        wn, wp = stats["wn"].double(), stats["wp"].double()
         eps = 1e-12
-        lmax_n = (w_min**2 - (w_min.abs() - wn64) ** 2) / (info[:, 0] - info[:, 1]).clamp_min(eps)
-        lmax_p = (w_max**2 - (w_max - wp64) ** 2) / (info[:, 2] - info[:, 1]).clamp_min(eps)
-        lam = (self.config.lambda_gain * flat["delta"] * torch.minimum(lmax_n, lmax_p)).clamp_min(0.0)
-        return lam.to(w.dtype), info.to(w.dtype)
+        lmax_n = (w_min**2 - (w_min.abs() - wn) ** 2) / (info[:, 0] - info[:, 1]).clamp_min(eps)
+        lmax_p = (w_max**2 - (w_max - wp) ** 2) / (info[:, 2] - info[:, 1]).clamp_min(eps)
+        delta = torch.tensor(self.delta, dtype=torch.float64, device=counts.device)
+        lam = (self.config.lambda_gain * delta * torch.minimum(lmax_n, lmax_p)).clamp_min(0.0)
+        dtype = stats["wp"].dtype
+        return lam.to(dtype), info.to(dtype)
 
-    @torch.no_grad()
-    def lambdas(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer (lambda_l, I) for the current weights and centroids."""
-        lam, info = self._flat_lambdas(*self._gather(), self._flat_view())
-        return list(zip(lam.unbind(), info.unbind()))
+    def _assign(self, stats: dict[str, torch.Tensor]) -> None:
+        lam, info = self._lambdas(stats)
+        if "w" in stats:
+            gap_p = lam * (info[:, 2] - info[:, 1])
+            gap_n = lam * (info[:, 0] - info[:, 1])
+            codes = _threshold_codes(stats["w"], stats["wp"], stats["wn"], gap_p, gap_n, stats["seg"])
+            torch._foreach_copy_([layer.codes.view(-1) for _, layer in self.layers],
+                                 list(codes.split(stats["numels"])))
+            return
+        for i, (_, layer) in enumerate(self.layers):
+            layer.codes.copy_(entropy_constrained_codes(layer.weight.detach(), stats["wp"][i], stats["wn"][i],
+                                                        lam[i], info[i]))
 
     def stats(self) -> list[dict]:
         """Per-layer sparsity, centroids and dead channels (plain data for tables and logs)."""

@@ -195,11 +195,14 @@ def _reference_after_step(layers, config, deltas):
     return out
 
 
+@pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("gamma", [0.0, 0.15, 0.8])
-def test_vectorised_update_matches_per_layer_rule(gamma):
+def test_update_matches_per_layer_rule(gamma, flat):
+    """Both ways of gathering the statistics (layer loop, flat segment reductions) follow the rule."""
     model, q = _run_ec2t(0.15, steps=3)
     config = EC2TConfig(lambda_gain=gamma)
     q = EC2TQuantizer(model, config)
+    q.flat = flat
     with torch.no_grad():
         for _, lay in q.layers:
             lay.weight.add_(0.02 * torch.randn_like(lay.weight))
