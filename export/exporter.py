@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +19,7 @@ import torch
 from micronet_onnx import __version__
 from micronet_onnx import ternary_format as tf
 from micronet_onnx.ec2t import is_ternary, overall_sparsity
+from micronet_onnx.fileio import atomic_writer, file_hash
 from micronet_onnx.model import MicroNet
 
 from . import parity
@@ -117,22 +117,10 @@ def _check_writable(path: Path) -> None:
 def write_atomic(data: bytes, path: Path) -> None:
     """Temporary file beside ``path``, fsync, rename: readers never see a half-written model."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_writer(path) as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _input_hw(probe: torch.Tensor | None, input_size: tuple[int, int] | None,
@@ -249,14 +237,6 @@ def export_model(
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_checkpoint(
     checkpoint: str | Path,
     path: str | Path,
@@ -290,7 +270,7 @@ def export_checkpoint(
     return export_model(
         model, path, ternary=ternary, fp16=fp16, probe=probe, check=check,
         source=checkpoint.name,
-        metadata={"source_sha256": _sha256(checkpoint), "source_weights": which, **_training_metadata(ckpt)},
+        metadata={"source_sha256": file_hash(checkpoint), "source_weights": which, **_training_metadata(ckpt)},
     )
 
 

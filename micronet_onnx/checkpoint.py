@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .ec2t import EC2TConfig, ternarize_model
+from .fileio import atomic_writer
 from .model import MicroNet, MicroNetConfig
 
 FORMAT = "micronet-onnx/checkpoint"
@@ -22,22 +21,9 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it.
-
-    A run killed mid-write leaves the previous checkpoint intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a checkpoint so that a run killed mid-write leaves the previous one intact."""
+    with atomic_writer(path) as f:
+        torch.save(obj, f)
 
 
 def load(path: str | Path) -> dict[str, Any]:

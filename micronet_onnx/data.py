@@ -6,7 +6,6 @@ batched in torch from an explicit generator, so a resumed run draws exactly the 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import shutil
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .fileio import file_hash
 
 DATASETS = ("digits", "cifar10", "cifar100")
 DEFAULT_DATASET = "digits"
@@ -170,14 +171,6 @@ def load_cifar(name: str, data_dir: Path) -> tuple[tuple[np.ndarray, np.ndarray]
     return train, test
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(spec: ArchiveSpec, data_dir: Path) -> Path:
     """Fetch and unpack ``spec``'s archive into ``data_dir`` unless it is already there.
 
@@ -197,7 +190,7 @@ def download(spec: ArchiveSpec, data_dir: Path) -> Path:
                 shutil.copyfileobj(r, f)
         except Exception as e:
             raise DataError(f"cannot download {spec.url}: {e}") from None
-        got = _md5(archive)
+        got = file_hash(archive, "md5")
         if got != spec.md5:
             raise DataError(f"checksum mismatch for {spec.url}: md5 {got}, expected {spec.md5}")
         unpack = Path(tmp) / "unpacked"
