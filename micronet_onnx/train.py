@@ -222,6 +222,11 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False,
                 ternarize_model(model, ec2t_cfg)
                 model.to(device)
             best, best_state, opt_state, sched_state = {"val_acc": -1.0, "epoch": -1}, None, None, None
+            if phase == "frozen":
+                # same assignment as the weights it starts from, so those stay a candidate: the
+                # frozen phase can only improve the selected model on validation
+                best = {"val_acc": evaluate(model, ds.val, ds, cfg.batch_size, device)["acc"], "epoch": global_epoch}
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         quantizer = EC2TQuantizer(model, ec2t_cfg) if phase != "fp" else None
         if phase == "frozen":
             quantizer.freeze()

@@ -97,3 +97,9 @@ def test_score_cli_table_and_json(trained):
     for key in ("params_paper", "params_stored", "file_bytes", "ops", "score", "layers"):
         assert key in data
     assert {"name", "op_type", "sparsity", "params_paper", "params_stored"} <= set(data["layers"][0])
+
+
+def test_frozen_phase_never_selects_a_worse_model(trained):
+    r = trained["results"]
+    assert r["frozen"]["val_acc"] >= r["ec2t"]["val_acc"]
+    assert r["final"]["phase"] == "frozen" and r["final"]["sparsity"] == r["ec2t"]["sparsity"]
