@@ -46,5 +46,9 @@ test: setup
 lint: $(STAMP)
 	$(BIN)/ruff check micronet_onnx export tests
 
+# Paper-scale MicroNet-C100 with random ternary weights at 0/50/90 % zeros: the docs/runtime.md table.
+bench: setup
+	OPENBLAS_NUM_THREADS=1 $(BIN)/mnx bench --random micronet-c100 --sparsity 0 --sparsity 0.5 --sparsity 0.9
+
 clean:
 	rm -rf runtime_ops/build micronet_onnx/_lib $(DEMO_DIR)

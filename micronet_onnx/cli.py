@@ -233,6 +233,58 @@ def bench_ec2t(
     typer.echo(json.dumps(report, indent=2) if json_out else render(report))
 
 
+@app.command("bench")
+def bench_cmd(
+    model: Path | None = typer.Argument(None, help="Ternary ONNX file (mnx export --ternary); omit with --random."),
+    random: str | None = typer.Option(None, "--random", help="Instead of MODEL: a random ternary model of this "
+                                      "preset (micronet-c100, ...) per --sparsity, written to --out-dir."),
+    sparsity: list[float] = typer.Option([0.9], "--sparsity", help="Share of zero weights (--random, --layers)."),
+    batch: list[int] = typer.Option([1, 64], "--batch", help="Batch sizes (repeat the option)."),
+    threads: list[int] = typer.Option([1, 2], "--threads", help="onnxruntime intra-op threads (repeat)."),
+    repeats: int = typer.Option(7, help="Interleaved rounds; medians are reported."),
+    checkpoint: Path | None = typer.Option(None, help="Also time this PyTorch checkpoint (eager, same threads)."),
+    kernel: str = typer.Option("auto", help="MICRONET_TERNARY_KERNEL: auto, sparse, dense, portable or direct."),
+    layers: bool = typer.Option(False, "--layers", help="Per-layer microbenchmark over MicroNet's conv shapes."),
+    out_dir: Path = typer.Option(Path("runs/bench"), help="Where --random writes (and reuses) its models."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report(s) as JSON."),
+) -> None:
+    """Images/s of a ternary file with our TernaryConv library against its dense float32 twin in stock
+    onnxruntime (docs/runtime.md, "Kernels and performance")."""
+    from . import bench
+    from .runtime import OpsLibraryError
+
+    with user_errors():
+        if repeats <= 0 or min(batch) <= 0 or min(threads) <= 0:
+            fail("--repeats, --batch and --threads must be positive")
+        if any(not 0.0 <= s <= 1.0 for s in sparsity):
+            fail("--sparsity must be in [0, 1]")
+        if kernel not in ("auto", "sparse", "dense", "portable", "direct"):
+            fail(f"--kernel must be auto, sparse, dense, portable or direct, got {kernel!r}")
+        if layers + (model is not None) + (random is not None) != 1:
+            fail("give exactly one of MODEL, --random PRESET or --layers")
+        if model is not None and not model.is_file():
+            fail(f"no such file: {model}")
+        kwargs = dict(batches=batch, threads=threads, repeats=repeats, checkpoint=checkpoint,
+                      kernel=None if kernel == "auto" else kernel)
+        try:
+            if layers:
+                with bench.kernel_env(None if kernel == "auto" else kernel):
+                    reports = [bench.bench_layers(sparsities=sparsity, batch=batch[0], threads=threads[0],
+                                                  repeats=repeats)]
+            elif random is not None:
+                reports = bench.bench_random(random, sparsity, out_dir, **kwargs)
+            else:
+                reports = [bench.bench_model(model, **kwargs)]
+        except OpsLibraryError as e:
+            fail(_first_line(e))
+    if json_out:
+        typer.echo(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+        return
+    render = bench.render_layers if layers else bench.render
+    typer.echo("\n\n".join((f"sparsity {r['sparsity'] * 100:.0f}%\n" if "sparsity" in r else "") + render(r)
+                            for r in reports))
+
+
 def main() -> None:
     try:
         app()

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "ternary_conv/ternary_conv_spec.h"
 
@@ -45,9 +46,16 @@ class ConvEngine {
   virtual std::unique_ptr<ConvRun> Prepare(const RunGeometry& geometry) const = 0;
 };
 
-// Picks the engine for this spec (for now: the direct row-wise engine). The engine keeps a
-// reference to `spec`, which must outlive it and every ConvRun it prepares.
-std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec);
+// Picks the engine for this spec (conv_engine_fast.cc): the sparse or the dense fast engine on the
+// best instruction set of this CPU, or what MICRONET_TERNARY_KERNEL / MICRONET_TERNARY_ISA force;
+// `label` names the node in the MICRONET_TERNARY_LOG line. Throws std::invalid_argument for a bad
+// environment value. The engine keeps a reference to `spec`, which must outlive it and every
+// ConvRun it prepares.
+std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std::string& label);
+
+// The simple direct engine (conv_engine_direct.cc): any geometry, scalar code. Used for
+// MICRONET_TERNARY_KERNEL=direct and when a fast engine's band scratch would not fit.
+std::unique_ptr<ConvEngine> CreateDirectEngine(const TernaryConvSpec& spec);
 
 }  // namespace ternary_conv
 }  // namespace micronet

@@ -160,7 +160,9 @@ class DirectEngine final : public ConvEngine {
 
 }  // namespace
 
-std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec) { return std::make_unique<DirectEngine>(spec); }
+std::unique_ptr<ConvEngine> CreateDirectEngine(const TernaryConvSpec& spec) {
+  return std::make_unique<DirectEngine>(spec);
+}
 
 }  // namespace ternary_conv
 }  // namespace micronet

@@ -252,7 +252,7 @@ std::string ReadNode(const OrtApi* api, const OrtKernelInfo* info, Kernel* kerne
 
   err = BuildSpec(attrs, present, &kernel->spec);
   if (!err.empty()) return err;
-  kernel->engine = CreateEngine(kernel->spec);
+  kernel->engine = CreateEngine(kernel->spec, kernel->label);
   return {};
 }
 

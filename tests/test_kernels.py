@@ -1,0 +1,258 @@
+"""Every TernaryConv kernel path of the C++ library against the numpy reference op.
+
+The library picks a kernel per node at session creation (docs/runtime.md, "Kernels"):
+``MICRONET_TERNARY_KERNEL`` (auto | sparse | dense | portable | direct) and ``MICRONET_TERNARY_ISA``
+(auto | avx512 | avx2 | portable) force it, ``MICRONET_TERNARY_LOG=1`` prints the choice on stderr.
+Each path here runs in the real onnxruntime over strides, paddings, odd widths, batch sizes, every
+optional input and several sparsities, including the geometries that select the kernels' special
+cases (lane-shifted groups, whole-row tiles, bands of several tiles, the direct fallback).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import numpy as np
+import pytest
+
+from micronet_onnx.runtime import create_session
+
+from .test_runtime_parity import assert_close, random_node
+
+KERNEL_ENV = "MICRONET_TERNARY_KERNEL"
+ISA_ENV = "MICRONET_TERNARY_ISA"
+LOG_ENV = "MICRONET_TERNARY_LOG"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_FLAGS = _cpu_flags()
+HAS_AVX2 = {"avx2", "fma"} <= _FLAGS
+HAS_AVX512 = {"avx512f", "avx512vl", "avx512bw", "avx512dq", "fma"} <= _FLAGS
+
+# (kernel, isa) paths; an ISA the CPU lacks is skipped (the portable one runs everywhere)
+PATHS = [
+    ("sparse", "avx512"),
+    ("sparse", "avx2"),
+    ("sparse", "portable"),
+    ("dense", "avx512"),
+    ("dense", "avx2"),
+    ("dense", "portable"),
+    ("portable", "auto"),
+    ("direct", "auto"),
+    ("auto", "auto"),
+]
+
+
+def _skip_missing_isa(isa: str) -> None:
+    if isa == "avx512" and not HAS_AVX512:
+        pytest.skip("this CPU has no AVX-512")
+    if isa == "avx2" and not HAS_AVX2:
+        pytest.skip("this CPU has no AVX2")
+
+
+# name -> (node factory, x shape). Sparsity 0 / 0.5 / 1, strides 1 and 2, asymmetric padding,
+# dilation, odd widths, widths below / at / above a vector, batch 1 and N, every optional input.
+CASES = {
+    "same_32x32_c16_sp50": (
+        lambda r: random_node(r, 12, 16, (3, 3), pads=(1, 1, 1, 1), sparsity=0.5, affine=True, relu=True),
+        (1, 16, 32, 32),
+    ),
+    "same_16x16_c24_sp90_batch3": (
+        lambda r: random_node(r, 20, 24, (3, 3), pads=(1, 1, 1, 1), sparsity=0.9, affine=True),
+        (3, 24, 16, 16),
+    ),
+    "same_8x8_c40_sp50_lane_shift": (
+        lambda r: random_node(r, 17, 40, (3, 3), pads=(1, 1, 1, 1), sparsity=0.5, affine=True, relu=True),
+        (2, 40, 8, 8),
+    ),
+    "same_sparsity_0": (
+        lambda r: random_node(r, 9, 7, (3, 3), pads=(1, 1, 1, 1), sparsity=0.0, bias=True),
+        (2, 7, 12, 12),
+    ),
+    "same_sparsity_100": (
+        lambda r: random_node(r, 5, 6, (3, 3), pads=(1, 1, 1, 1), sparsity=1.0, affine=True, relu=True),
+        (2, 6, 9, 9),
+    ),
+    "odd_width_7": (lambda r: random_node(r, 6, 5, (3, 3), pads=(1, 1, 1, 1), sparsity=0.5), (2, 5, 11, 7)),
+    "odd_width_33_tall": (
+        lambda r: random_node(r, 4, 9, (3, 3), pads=(1, 1, 1, 1), sparsity=0.5, scale=True),
+        (1, 9, 37, 33),
+    ),
+    "width_1": (lambda r: random_node(r, 3, 4, (3, 3), pads=(1, 1, 1, 1), sparsity=0.3), (2, 4, 10, 1)),
+    "stride2_32x32": (
+        lambda r: random_node(r, 16, 8, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), sparsity=0.5, affine=True,
+                              relu=True),
+        (2, 8, 32, 32),
+    ),
+    "stride2_odd_15": (
+        lambda r: random_node(r, 6, 5, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), sparsity=0.5),
+        (1, 5, 15, 15),
+    ),
+    "stride_1x2_asym_pads_dilation": (
+        lambda r: random_node(r, 5, 3, (3, 3), strides=(1, 2), pads=(0, 2, 1, 0), dilations=(2, 1), sparsity=0.4),
+        (2, 3, 11, 13),
+    ),
+    "valid_no_padding": (lambda r: random_node(r, 7, 6, (3, 3), sparsity=0.5, bias=True), (2, 6, 10, 19)),
+    "kernel_5x5_same": (
+        lambda r: random_node(r, 6, 10, (5, 5), pads=(2, 2, 2, 2), sparsity=0.5, affine=True),
+        (1, 10, 16, 16),
+    ),
+    "kernel_1x1_stride2": (lambda r: random_node(r, 9, 13, (1, 1), strides=(2, 2)), (2, 13, 8, 8)),
+    "maps_dead_channels_relu": (
+        lambda r: random_node(r, 10, 12, (3, 3), pads=(1, 1, 1, 1), sparsity=0.8, x_channels=20, m_out=16,
+                              affine=True, relu=True),
+        (2, 20, 16, 16),
+    ),
+    "maps_bias_only_stride2": (
+        lambda r: random_node(r, 5, 8, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), x_channels=11, m_out=9,
+                              bias=True, relu=True),
+        (1, 11, 14, 14),
+    ),
+    "group_2": (lambda r: random_node(r, 6, 3, (3, 3), group=2, pads=(1, 1, 1, 1), sparsity=0.3), (2, 6, 9, 9)),
+    "too_large_for_scratch_falls_back": (
+        lambda r: random_node(r, 3, 40, (3, 3), pads=(1, 1, 1, 1), sparsity=0.9),
+        (1, 40, 3, 1500),
+    ),
+}
+
+
+@pytest.mark.parametrize("kernel,isa", PATHS)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_path_matches_reference(ops_library, monkeypatch, case, kernel, isa):
+    _skip_missing_isa(isa)
+    monkeypatch.setenv(KERNEL_ENV, kernel)
+    monkeypatch.setenv(ISA_ENV, isa)
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    factory, x_shape = CASES[case]
+    node = factory(rng)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    model = node.model().SerializeToString()
+    ref = node.reference(x)
+    for threads in (1, 2):
+        (y,) = create_session(model, threads=threads).run(None, {"X": x})
+        assert y.dtype == np.float32
+        assert_close(y, ref, f"{case}: kernel={kernel} isa={isa} threads={threads}")
+
+
+@pytest.mark.parametrize("kernel,isa", [("sparse", "auto"), ("dense", "auto"), ("sparse", "portable")])
+def test_large_batch_and_thread_counts_agree_bitwise(ops_library, monkeypatch, kernel, isa):
+    """Work items depend on the geometry and batch only: 1, 2 or 3 threads give identical bits."""
+    monkeypatch.setenv(KERNEL_ENV, kernel)
+    monkeypatch.setenv(ISA_ENV, isa)
+    rng = np.random.default_rng(5)
+    node = random_node(rng, 24, 16, (3, 3), pads=(1, 1, 1, 1), sparsity=0.7, affine=True, relu=True)
+    x = rng.standard_normal((9, 16, 16, 16)).astype(np.float32)
+    model = node.model().SerializeToString()
+    outs = [create_session(model, threads=t).run(None, {"X": x})[0] for t in (1, 2, 3)]
+    assert_close(outs[0], node.reference(x), f"{kernel}/{isa} batch 9")
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    (one,) = create_session(model, threads=2).run(None, {"X": x[4:5]})
+    assert_close(one, outs[0][4:5], "batch 1 vs the same image in a batch of 9")
+
+
+def test_nan_and_inf_inputs(ops_library, monkeypatch):
+    """Non-finite inputs: every output the reference computes as finite is the same; NaN stays NaN
+    through the ReLU. Sparse paths skip zero weights, so a NaN or inf under a zero weight does not
+    reach the output (the reference and the dense path multiply it by 0 and get NaN): they agree with
+    the direct engine's NaN pattern, the dense path with the reference's."""
+    rng = np.random.default_rng(9)
+    node = random_node(rng, 8, 6, (3, 3), pads=(1, 1, 1, 1), sparsity=0.5, affine=True, relu=True)
+    x = rng.standard_normal((1, 6, 16, 16)).astype(np.float32)
+    x[0, 2, 5, 7] = np.nan
+    x[0, 3, 10, 0] = np.inf
+    ref = node.reference(x)
+    finite = np.isfinite(ref)
+    model = node.model().SerializeToString()
+    outs = {}
+    for kernel in ("direct", "sparse", "portable", "dense"):
+        monkeypatch.setenv(KERNEL_ENV, kernel)
+        (outs[kernel],) = create_session(model, threads=1).run(None, {"X": x})
+        np.testing.assert_allclose(outs[kernel][finite], ref[finite], rtol=1e-4, atol=1e-4, err_msg=kernel)
+    assert np.isnan(outs["direct"]).any()
+    for kernel in ("sparse", "portable"):
+        np.testing.assert_array_equal(np.isnan(outs[kernel]), np.isnan(outs["direct"]), err_msg=kernel)
+    np.testing.assert_array_equal(np.isnan(outs["dense"]), np.isnan(ref), err_msg="dense")
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch
+
+
+def _logged_choice(capfd, model: bytes) -> list[str]:
+    create_session(model, threads=1)
+    err = capfd.readouterr().err
+    return re.findall(r"micronet: TernaryConv node 'tc': kernel=(\w+) isa=(\w+)", err)
+
+
+@pytest.mark.parametrize("sparsity,expected", [(0.0, "dense"), (0.3, "dense"), (0.45, "dense"), (0.6, "sparse"),
+                                               (0.9, "sparse"), (1.0, "sparse")])
+def test_auto_dispatch_by_density(ops_library, monkeypatch, capfd, sparsity, expected):
+    """auto: the dense kernel from a density of 0.5 (non-zero share of the stored weight) up."""
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    monkeypatch.delenv(ISA_ENV, raising=False)
+    monkeypatch.setenv(LOG_ENV, "1")
+    node = random_node(np.random.default_rng(3), 32, 32, (3, 3), pads=(1, 1, 1, 1), sparsity=sparsity)
+    choice = _logged_choice(capfd, node.model().SerializeToString())
+    assert len(choice) == 1, choice
+    kernel, isa = choice[0]
+    assert kernel == expected
+    assert isa == ("avx512" if HAS_AVX512 else "avx2" if HAS_AVX2 else "portable")
+
+
+def test_auto_dispatch_grouped_conv_is_sparse(ops_library, monkeypatch, capfd):
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    monkeypatch.setenv(LOG_ENV, "1")
+    node = random_node(np.random.default_rng(4), 8, 4, (3, 3), group=2, pads=(1, 1, 1, 1), sparsity=0.0)
+    assert _logged_choice(capfd, node.model().SerializeToString())[0][0] == "sparse"
+
+
+@pytest.mark.parametrize("kernel,isa,expected", [
+    ("sparse", "auto", ("sparse", None)),
+    ("dense", "portable", ("dense", "portable")),
+    ("portable", "auto", ("sparse", "portable")),
+    ("direct", "auto", ("direct", "scalar")),
+])
+def test_forced_choice_is_logged(ops_library, monkeypatch, capfd, kernel, isa, expected):
+    monkeypatch.setenv(KERNEL_ENV, kernel)
+    monkeypatch.setenv(ISA_ENV, isa)
+    monkeypatch.setenv(LOG_ENV, "1")
+    node = random_node(np.random.default_rng(2), 8, 8, (3, 3), pads=(1, 1, 1, 1), sparsity=0.9)
+    (got,) = _logged_choice(capfd, node.model().SerializeToString())
+    assert got[0] == expected[0]
+    if expected[1] is not None:
+        assert got[1] == expected[1]
+
+
+def test_no_log_by_default(ops_library, monkeypatch, capfd):
+    monkeypatch.delenv(LOG_ENV, raising=False)
+    node = random_node(np.random.default_rng(2), 4, 4, (3, 3), pads=(1, 1, 1, 1))
+    create_session(node.model().SerializeToString(), threads=1)
+    assert "micronet:" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name,value", [(KERNEL_ENV, "fastest"), (ISA_ENV, "sse9")])
+def test_bad_environment_value_fails_session_creation(ops_library, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    node = random_node(np.random.default_rng(1), 4, 4, (3, 3), pads=(1, 1, 1, 1))
+    with pytest.raises(Exception, match=f"TernaryConv node 'tc'.*{name}='{value}'"):
+        create_session(node.model().SerializeToString())
+
+
+@pytest.mark.skipif(HAS_AVX512, reason="this CPU has AVX-512")
+def test_forcing_a_missing_isa_fails_cleanly(ops_library, monkeypatch):
+    monkeypatch.setenv(ISA_ENV, "avx512")
+    node = random_node(np.random.default_rng(1), 4, 4, (3, 3), pads=(1, 1, 1, 1))
+    with pytest.raises(Exception, match="no AVX-512"):
+        create_session(node.model().SerializeToString())
