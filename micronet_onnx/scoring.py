@@ -1144,6 +1144,16 @@ def _dense_weight_info(layer: dict, g: _Graph, wname: str, rows: int) -> None:
     layer["best_alternative"] = best_alternative(numel, nnz, rows, distinct <= 2)
 
 
+def _count_dense(layer: dict, g: _Graph, node: onnx.NodeProto, rows: int, k: int, n_out: int, ops: _Ops,
+                 opts: ScoreOptions) -> None:
+    """A dense weight layer (Conv, Gemm): weight storage, k mults and k-1 adds per output, bias adds."""
+    _dense_weight_info(layer, g, node.input[1], rows)
+    ops.mult("dense_mult", n_out * k, _weight_bits(g, node.input[1], opts))
+    ops.add("dense_add", n_out * (k - 1), opts.add_bits)
+    if len(node.input) > 2 and node.input[2]:
+        ops.add("bias_add", n_out, opts.add_bits)
+
+
 def _generic_layer(
     layer: dict,
     node: onnx.NodeProto,
@@ -1198,11 +1208,7 @@ def _generic_layer(
         cin = int(w_shape[1]) * int(a.get("group", 1))
         layer["in_channels"] = [cin, cin]
         layer["kernel"] = [int(v) for v in w_shape[2:]]
-        _dense_weight_info(layer, g, node.input[1], int(w_shape[0]))
-        ops.mult("dense_mult", n_out * k, _weight_bits(g, node.input[1], opts))
-        ops.add("dense_add", n_out * (k - 1), opts.add_bits)
-        if len(node.input) > 2 and node.input[2]:
-            ops.add("bias_add", n_out, opts.add_bits)
+        _count_dense(layer, g, node, int(w_shape[0]), k, n_out, ops, opts)
         return True
     if op == "Gemm":
         a_shape, b_shape = shapes.get(node.input[0]), shapes.get(node.input[1])
@@ -1214,11 +1220,7 @@ def _generic_layer(
         rows = b_shape[0] if int(a.get("transB", 0)) else b_shape[1]
         layer["in_channels"] = [int(k), int(k)]
         layer["out_channels"] = [int(rows), int(rows)]
-        _dense_weight_info(layer, g, node.input[1], int(rows))
-        ops.mult("dense_mult", n_out * k, _weight_bits(g, node.input[1], opts))
-        ops.add("dense_add", n_out * (k - 1), opts.add_bits)
-        if len(node.input) > 2 and node.input[2]:
-            ops.add("bias_add", n_out, opts.add_bits)
+        _count_dense(layer, g, node, int(rows), int(k), n_out, ops, opts)
         return True
     if op == "MatMul":
         a_shape = shapes.get(node.input[0])

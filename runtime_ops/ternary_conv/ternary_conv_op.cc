@@ -61,32 +61,35 @@ std::string NodeLabel(const OrtApi* api, const OrtKernelInfo* info) {
   return std::string(tf::kOpType) + " node (unnamed, output '" + output + "')";
 }
 
-// True when the node has an attribute `name` of any scalar/list type we can query.
-bool AttributePresent(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
+// True when the node has an int, float or string attribute `name`.
+bool ScalarAttributePresent(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
   int64_t i = 0;
   float f = 0;
   size_t size = 0;
   if (StatusGuard(api, api->KernelInfoGetAttribute_int64(info, name, &i)).ok()) return true;
   if (StatusGuard(api, api->KernelInfoGetAttribute_float(info, name, &f)).ok()) return true;
-  if (StatusGuard(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size)).ok()) return true;
-  size = 0;
+  return StatusGuard(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size)).ok();
+}
+
+// Size of the floats attribute `name`, or -1 when there is none.
+int64_t FloatsAttributeSize(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
+  size_t size = 0;
+  if (!StatusGuard(api, api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size)).ok()) return -1;
+  return static_cast<int64_t>(size);
+}
+
+// True when the node has an attribute `name` of any scalar/list type we can query.
+bool AttributePresent(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
+  if (ScalarAttributePresent(api, info, name)) return true;
+  size_t size = 0;
   if (StatusGuard(api, api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)).ok()) return true;
-  size = 0;
-  if (StatusGuard(api, api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size)).ok()) return true;
-  return false;
+  return FloatsAttributeSize(api, info, name) >= 0;
 }
 
 // True when `name` is an int, float, string or non-empty floats attribute (the list getters of some
 // onnxruntime versions report any other attribute type as an empty list).
 bool AttributeIsNotInts(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
-  int64_t i = 0;
-  float f = 0;
-  size_t size = 0;
-  if (StatusGuard(api, api->KernelInfoGetAttribute_int64(info, name, &i)).ok()) return true;
-  if (StatusGuard(api, api->KernelInfoGetAttribute_float(info, name, &f)).ok()) return true;
-  if (StatusGuard(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size)).ok()) return true;
-  size = 0;
-  return StatusGuard(api, api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size)).ok() && size > 0;
+  return ScalarAttributePresent(api, info, name) || FloatsAttributeSize(api, info, name) > 0;
 }
 
 std::string ReadInts(const OrtApi* api, const OrtKernelInfo* info, const char* name,
