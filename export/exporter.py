@@ -47,6 +47,7 @@ class ExportReport:
     ec2t_sparsity: float | None  # zeros over all ternary codes (None for full precision)
     stored_sparsity: float | None  # zeros over the stored ternary codes (after dead channels)
     parity: parity.ParityReport | None
+    format_version: int = tf.OPSET_VERSION  # TernaryConv format (micronet opset) a ternary file is written in
     seconds: dict[str, float] = field(default_factory=dict)  # build, check, write, total
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -67,7 +68,8 @@ class ExportReport:
 
     def summary(self) -> list[str]:
         """A few lines for the CLI."""
-        kind = ("ternary" if self.ternary else "dense") + (" + fp16 dense weights" if self.fp16 else "")
+        kind = (f"ternary, format version {self.format_version}" if self.ternary else "dense") + (
+            " + fp16 dense weights" if self.fp16 else "")
         by_count = sorted(self.nodes_by_op.items(), key=lambda kv: (-kv[1], kv[0]))
         ops = ", ".join(f"{n} {op}" for op, n in by_count)
         ratio = self.dense_equivalent_bytes / self.file_bytes if self.file_bytes else float("nan")
@@ -146,6 +148,7 @@ def export_model(
     input_size: tuple[int, int] | None = None,
     source: str | None = None,
     metadata: dict[str, str] | None = None,
+    format_version: int = tf.OPSET_VERSION,
 ) -> ExportReport:
     """Export ``model`` (read only; evaluated in eval mode) to ``path``.
 
@@ -155,12 +158,18 @@ def export_model(
     ``probe``: the batch of the parity check (default: fixed-seed noise [8, C, 32, 32]); it also
     fixes H and W of the input, else ``input_size`` (default 32x32) does. ``check=False`` skips
     the parity check. ``source``/``metadata`` go into the file's metadata props.
+    ``format_version``: the TernaryConv format (``micronet`` opset) of a ternary file: 2 (default)
+    fuses each block's bn1 and skip-connection Add into its two TernaryConv nodes, 1 writes them as
+    standard nodes (for readers of version 1 only). A dense file is the same for both.
 
     Raises `ExportError` for requests that cannot be met and `ParityError` (nothing written) when
     the file does not compute the model's function within tolerance.
     """
     t0 = time.perf_counter()
     path = Path(path)
+    if isinstance(format_version, bool) or format_version not in tf.SUPPORTED_OPSET_VERSIONS:
+        raise ExportError(f"format version must be one of {', '.join(map(str, tf.SUPPORTED_OPSET_VERSIONS))}, "
+                          f"got {format_version!r}")
     if not isinstance(model, MicroNet):
         raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
     if ternary and not is_ternary(model):
@@ -170,7 +179,7 @@ def export_model(
     channels = int(model.stem_conv.in_channels)
     hw = _input_hw(probe, input_size, channels)
 
-    built = build_graph(model, ternary=ternary, fp16=fp16, input_hw=hw)
+    built = build_graph(model, ternary=ternary, fp16=fp16, input_hw=hw, format_version=format_version)
     if ternary or fp16:
         dense_equiv = 4 * build_graph(model, ternary=False, fp16=False, input_hw=hw).param_count
     else:
@@ -183,7 +192,7 @@ def export_model(
         stored_sparsity = 1.0 - sum(la.nnz for la in built.layers) / total if total else 0.0
 
     meta = {
-        "format_version": str(tf.OPSET_VERSION),
+        "format_version": str(format_version),
         "export_kind": "ternary" if ternary else "dense",
         "fp16_weights": str(bool(fp16)).lower(),
         "source_checkpoint": source or "",
@@ -193,7 +202,7 @@ def export_model(
         "input": f"float32 [batch, {channels}, {hw[0]}, {hw[1]}], normalized like training",
         **(metadata or {}),
     }
-    proto = gs.export_onnx(built.graph, opset_imports=opset_imports(ternary=ternary))
+    proto = gs.export_onnx(built.graph, opset_imports=opset_imports(ternary=ternary, format_version=format_version))
     proto.ir_version = IR_VERSION
     proto.producer_name = PRODUCER
     proto.producer_version = __version__
@@ -232,6 +241,7 @@ def export_model(
         ec2t_sparsity=sparsity,
         stored_sparsity=stored_sparsity,
         parity=report_parity,
+        format_version=format_version,
         seconds={"build": t_build, "check": t_check, "write": total - t_build - t_check, "total": total},
         metadata=meta,
     )
@@ -246,6 +256,7 @@ def export_checkpoint(
     check: bool = True,
     probe_batch: int = parity.PROBE_SHAPE[0],
     best: bool = True,
+    format_version: int = tf.OPSET_VERSION,
 ) -> ExportReport:
     """Load a checkpoint (`micronet_onnx.checkpoint`) and export it; see `export_model`.
 
@@ -255,6 +266,9 @@ def export_checkpoint(
 
     if probe_batch < 1:
         raise ExportError(f"probe batch must be at least 1, got {probe_batch}")
+    if isinstance(format_version, bool) or format_version not in tf.SUPPORTED_OPSET_VERSIONS:
+        raise ExportError(f"format version must be one of {', '.join(map(str, tf.SUPPORTED_OPSET_VERSIONS))}, "
+                          f"got {format_version!r}")
     checkpoint = Path(checkpoint)
     ckpt = load(checkpoint)
     if ternary and ckpt.get("ternary") is None:
@@ -269,7 +283,7 @@ def export_checkpoint(
     probe = parity.default_probe(batch=probe_batch, channels=int(model.stem_conv.in_channels))
     return export_model(
         model, path, ternary=ternary, fp16=fp16, probe=probe, check=check,
-        source=checkpoint.name,
+        source=checkpoint.name, format_version=format_version,
         metadata={"source_sha256": file_hash(checkpoint), "source_weights": which, **_training_metadata(ckpt)},
     )
 

@@ -1,15 +1,23 @@
 """Build the ONNX graph of a MicroNet directly from its module tree with onnx-graphsurgeon.
 
-Layout (ternary export; the dense export has a Conv (+ Relu) where a TernaryConv stands)::
+Layout (ternary export, format version 2, the default)::
 
     input [batch, C, H, W]
     stem      Conv(BN folded) -> Relu
+    block     TernaryConv conv1  in_scale/in_bias = bn1, scale/bias = bn2, activation Relu
+                                 (Dropout: identity at eval)
+              shortcut: identity | Conv 1x1 (BN folded)
+              TernaryConv conv2  scale/bias = bn3, residual = the shortcut's value: the block's output
+    head      Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits [batch, classes]
+
+Format version 1 (``format_version=1``) and the dense export keep bn1 and the skip connection as
+standard nodes; the dense export has a Conv (+ Relu) where a TernaryConv stands::
+
     block     BatchNormalization (bn1, standalone)
-              TernaryConv conv1  scale/bias = bn2, activation Relu   (Dropout: identity at eval)
+              TernaryConv conv1  scale/bias = bn2, activation Relu
               TernaryConv conv2  scale/bias = bn3
               shortcut: identity | Conv 1x1 (BN folded)
               Add
-    head      Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits [batch, classes]
 
 Nothing is traced, so the graph, its names and its bytes are a pure function of the weights.
 """
@@ -29,7 +37,7 @@ from micronet_onnx.model import Block, MicroNet
 
 from . import channels as ch
 from .errors import ExportError
-from .folding import TernaryParts, bn_params, conv_bn, conv_geometry, to_fp16, to_fp32
+from .folding import TernaryParts, bn_affine, bn_params, conv_bn, conv_geometry, to_fp16, to_fp32
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -45,20 +53,23 @@ class LayerReport:
     stored_shape: list[int]  # weight_shape attribute of the node
     nnz: int  # non-zero codes stored
     sparsity: float  # share of zeros in the full layer's codes
-    stored_bytes: int  # bytes of the node's constant inputs
+    stored_bytes: int  # bytes of the node's constant inputs (in_scale / in_bias included)
     dead_outputs: list[int] = field(default_factory=list)  # rows not stored, all codes zero
     dead_outputs_zero_inputs: list[int] = field(default_factory=list)  # rows not stored, read only zeros
-    constant_outputs: dict[int, float] = field(default_factory=dict)  # dead output -> act(bias) it yields
+    constant_outputs: dict[int, float] = field(default_factory=dict)  # dead output -> act(bias) (+ residual)
     dropped_inputs: list[int] = field(default_factory=list)  # provably-zero input channels
     kept_constant_inputs: list[int] = field(default_factory=list)  # dead producers with act(bias) != 0
     fp16_subnormal: int = 0  # folded values that fell into float16's subnormal range
+    input_affine: bool = False  # carries the BN before it as in_scale / in_bias (format version 2)
+    residual: bool = False  # adds the block's shortcut before its activation (format version 2)
 
     def reasons(self) -> list[str]:
         """One readable line per kind of thing left out or kept."""
         out = []
+        yields = "act(bias + residual)" if self.residual else "constant act(bias)"
         if self.dead_outputs:
             out.append(f"{self.name}: output channels {self.dead_outputs} not stored: all codes zero "
-                       "(the node still yields their constant act(bias))")
+                       f"(the node still yields their {yields})")
         if self.dead_outputs_zero_inputs:
             out.append(f"{self.name}: output channels {self.dead_outputs_zero_inputs} not stored: their "
                        "non-zero codes only read provably-zero inputs")
@@ -86,9 +97,10 @@ class BuiltGraph:
 
 
 class _Builder:
-    def __init__(self, *, ternary: bool, fp16: bool) -> None:
+    def __init__(self, *, ternary: bool, fp16: bool, format_version: int = tf.OPSET_VERSION) -> None:
         self.ternary = ternary
         self.fp16 = fp16
+        self.format_version = format_version
         self.nodes: list[gs.Node] = []
         self.layers: list[LayerReport] = []
         self.fp16_layers: list[str] = []
@@ -130,10 +142,20 @@ class _Builder:
             y = self.node("Relu", f"{name}.relu", [y], [BATCH_DIM, *oshape])
         return y, oshape
 
+    def fuses(self, conv: nn.Module) -> bool:
+        """Whether ``conv`` becomes a TernaryConv node that takes in_scale / in_bias / residual."""
+        return self.ternary and self.format_version >= 2 and isinstance(conv, TernaryConv2d)
+
     def conv_unit(self, name: str, x: gs.Tensor, shape: tuple, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: str,
-                  zero_inputs: np.ndarray | None, dead_inputs: np.ndarray | None):
+                  zero_inputs: np.ndarray | None, dead_inputs: np.ndarray | None,
+                  in_bn: nn.BatchNorm2d | None = None, residual: gs.Tensor | None = None):
         """A conv + its BN (+ activation). Returns (output, shape, zero outputs, dead outputs); the
-        last two are bool [M] for a ternary node, None otherwise."""
+        last two are bool [M] for a ternary node, None otherwise.
+
+        ``in_bn`` (the BN before the conv) and ``residual`` (a value added before the activation) are
+        only for a conv that `fuses`: they become the node's in_scale / in_bias and residual inputs."""
+        if (in_bn is not None or residual is not None) and not self.fuses(conv):
+            raise ExportError(f"{name}: only a format-version-2 TernaryConv takes an input BN or a residual")
         if not isinstance(conv, TernaryConv2d):
             w, b = conv_bn(conv, bn, name)
             y, oshape = self.dense_conv(name, x, shape, conv, w, b, act)
@@ -156,6 +178,13 @@ class _Builder:
             num_output_channels=m if plan.needs_out_map else 0,
             activation=act,
         ).validate()
+        in_scale = in_bias = None
+        if in_bn is not None:
+            # Only the stored input channels: entry c normalises X channel in_channels[c].
+            s64, t64 = bn_affine(in_bn, f"{name} input BatchNorm")
+            keep = plan.in_channels.astype(np.int64)
+            in_scale = self.const(f"{name}.in_scale", to_fp32(s64[keep], f"{name} input BatchNorm scale"))
+            in_bias = self.const(f"{name}.in_bias", to_fp32(t64[keep], f"{name} input BatchNorm shift"))
         consts = [
             self.const(f"{name}.mask", packed.mask),
             self.const(f"{name}.sign", packed.sign),
@@ -164,10 +193,13 @@ class _Builder:
             self.const(f"{name}.bias", parts.bias),
             self.const(f"{name}.in_channels", plan.in_channels) if plan.needs_in_map else None,
             self.const(f"{name}.out_channels", plan.out_rows) if plan.needs_out_map else None,
+            in_scale,
+            in_bias,
         ]
-        while consts[-1] is None:
-            consts.pop()
-        inputs = [x, *(c if c is not None else gs.Variable.empty() for c in consts)]
+        optional = [*consts, residual]  # inputs 1..10; the residual is a run-time value, not a constant
+        while optional[-1] is None:
+            optional.pop()
+        inputs = [x, *(c if c is not None else gs.Variable.empty() for c in optional)]
         oshape = (m, *attrs.output_hw(shape[1], shape[2]))
         y = self.node(tf.OP_TYPE, name, inputs, [BATCH_DIM, *oshape], attrs.to_onnx(), domain=tf.DOMAIN)
         dead = np.zeros(m, dtype=bool)
@@ -186,6 +218,8 @@ class _Builder:
             dropped_inputs=plan.dropped_inputs,
             kept_constant_inputs=plan.kept_constant_inputs,
             fp16_subnormal=parts.subnormal,
+            input_affine=in_bn is not None,
+            residual=residual is not None,
         ))
         return y, oshape, dead & (const_vals == 0.0), dead
 
@@ -194,20 +228,32 @@ class _Builder:
         inputs = [x, *(self.param(name, f"{name}.{k}", p[k]) for k in ("scale", "B", "mean", "var"))]
         return self.node("BatchNormalization", name, inputs, [BATCH_DIM, *shape], {"epsilon": float(bn.eps)})
 
-    def block(self, name: str, x: gs.Tensor, shape: tuple, block: Block) -> tuple[gs.Variable, tuple]:
-        h = self.batch_norm(f"{name}.bn1", x, shape, block.bn1)
-        h, s1, zero1, dead1 = self.conv_unit(f"{name}.conv1", h, shape, block.conv1, block.bn2, "Relu",
-                                             None, None)
-        h, s2, _, _ = self.conv_unit(f"{name}.conv2", h, s1, block.conv2, block.bn3, "", zero1, dead1)
+    def shortcut(self, name: str, x: gs.Tensor, shape: tuple, block: Block) -> tuple[gs.Tensor, tuple]:
         if block.shortcut is None:
-            if s2 != shape:
-                raise ExportError(f"{name}: identity shortcut with shape {shape} but branch shape {s2}")
-            sc = x
+            return x, shape
+        w, b = conv_bn(block.shortcut.conv, block.shortcut.bn, f"{name}.shortcut")
+        return self.dense_conv(f"{name}.shortcut", x, shape, block.shortcut.conv, w, b, "")
+
+    def block(self, name: str, x: gs.Tensor, shape: tuple, block: Block) -> tuple[gs.Variable, tuple]:
+        fuse_bn1, fuse_add = self.fuses(block.conv1), self.fuses(block.conv2)
+        if fuse_bn1:
+            h, in_bn = x, block.bn1
         else:
-            w, b = conv_bn(block.shortcut.conv, block.shortcut.bn, f"{name}.shortcut")
-            sc, ssc = self.dense_conv(f"{name}.shortcut", x, shape, block.shortcut.conv, w, b, "")
-            if ssc != s2:
-                raise ExportError(f"{name}: shortcut shape {ssc} differs from branch shape {s2}")
+            h, in_bn = self.batch_norm(f"{name}.bn1", x, shape, block.bn1), None
+        h, s1, zero1, dead1 = self.conv_unit(f"{name}.conv1", h, shape, block.conv1, block.bn2, "Relu",
+                                             None, None, in_bn=in_bn)
+        if fuse_add:
+            sc, ssc = self.shortcut(name, x, shape, block)
+            y, s2, _, _ = self.conv_unit(f"{name}.conv2", h, s1, block.conv2, block.bn3, "", zero1, dead1,
+                                         residual=sc)
+        else:
+            h, s2, _, _ = self.conv_unit(f"{name}.conv2", h, s1, block.conv2, block.bn3, "", zero1, dead1)
+            sc, ssc = self.shortcut(name, x, shape, block)
+        if ssc != s2:
+            what = "identity shortcut" if block.shortcut is None else "shortcut"
+            raise ExportError(f"{name}: {what} shape {ssc} differs from branch shape {s2}")
+        if fuse_add:
+            return y, s2
         return self.node("Add", f"{name}.add", [h, sc], [BATCH_DIM, *s2]), s2
 
 
@@ -218,13 +264,20 @@ def _conv_out(shape: tuple, wshape: tuple, geo: dict) -> tuple:
     return (int(wshape[0]), *attrs.output_hw(shape[1], shape[2]))
 
 
-def build_graph(model: MicroNet, *, ternary: bool, fp16: bool, input_hw: tuple[int, int]) -> BuiltGraph:
-    """The gs graph of an eval-mode MicroNet (model is only read)."""
+def build_graph(model: MicroNet, *, ternary: bool, fp16: bool, input_hw: tuple[int, int],
+                format_version: int = tf.OPSET_VERSION) -> BuiltGraph:
+    """The gs graph of an eval-mode MicroNet (model is only read).
+
+    ``format_version`` (TernaryConv format, ternary exports only): 2 fuses each block's bn1 into conv1
+    (``in_scale``/``in_bias``) and its skip connection into conv2 (``residual``); 1 writes them as a
+    standalone BatchNormalization and an Add."""
+    if format_version not in tf.SUPPORTED_OPSET_VERSIONS:
+        raise ExportError(f"format version must be one of {list(tf.SUPPORTED_OPSET_VERSIONS)}, got {format_version!r}")
     if not isinstance(model, MicroNet):
         raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
     if not isinstance(model.pool, nn.AdaptiveAvgPool2d) or model.pool.output_size not in (1, (1, 1)):
         raise ExportError("the head must pool to 1x1")
-    b = _Builder(ternary=ternary, fp16=fp16)
+    b = _Builder(ternary=ternary, fp16=fp16, format_version=format_version)
     c_in = int(model.stem_conv.in_channels)
     shape = (c_in, int(input_hw[0]), int(input_hw[1]))
     x_in = gs.Variable(INPUT_NAME, dtype=np.float32, shape=[BATCH_DIM, *shape])

@@ -6,9 +6,11 @@ it as JSON. Timing is interleaved: each round runs every contestant once (a meas
 runs each), so a noisy neighbour on the machine hits all of them alike; medians over rounds are
 reported, with the ratios ternary / dense of images per second.
 
-- `dense_twin(model)` rewrites every ``micronet::TernaryConv`` into standard ONNX (``Conv`` with
-  the decoded weight, ``scale`` folded into the weight and ``bias`` into the Conv bias, then
-  ``Relu`` when fused): the same function up to float32 rounding, runnable in stock onnxruntime.
+- `dense_twin(model)` rewrites every ``micronet::TernaryConv`` into standard ONNX (a
+  ``BatchNormalization`` for ``in_scale``/``in_bias``, ``Conv`` with the decoded weight, ``scale``
+  folded into the weight and ``bias`` into the Conv bias, an ``Add`` for ``residual``, then ``Relu``
+  when fused): the graph the dense export writes, the same function up to float32 rounding,
+  runnable in stock onnxruntime.
 - `make_random_ternary_model(preset, sparsity, path)` exports a MicroNet with random ternary codes
   (the given share of zeros) and random BatchNorm statistics, for benchmarks without a trained model.
 - `bench_model(path, ...)` times the whole model; `bench_layers(...)` times single TernaryConv nodes
@@ -68,6 +70,8 @@ def _dense_nodes(node: onnx.NodeProto, inits: dict[str, np.ndarray], x_channels:
     mask, sign, centroids = const(tf.IN_MASK), const(tf.IN_SIGN), const(tf.IN_CENTROIDS)
     scale, bias = const(tf.IN_SCALE), const(tf.IN_BIAS)
     in_ch, out_ch = const(tf.IN_IN_CHANNELS), const(tf.IN_OUT_CHANNELS)
+    in_scale, in_bias = const(tf.IN_IN_SCALE), const(tf.IN_IN_BIAS)
+    residual = names[tf.IN_RESIDUAL]
     w = tf.decode_weight(mask, sign, centroids, attrs.weight_shape).astype(np.float64)
     m_stored, cpg, kh, kw = attrs.weight_shape
     group, m_out = attrs.group, attrs.m_out
@@ -105,15 +109,40 @@ def _dense_nodes(node: onnx.NodeProto, inits: dict[str, np.ndarray], x_channels:
             g = r // rows_per_group
             full[rows[r], cols[g * cpg:(g + 1) * cpg]] = w[r] * s[rows[r]]
         conv_group = 1
+    if in_scale is not None or in_bias is not None:
+        # The input affine as the dense export writes a pre-activation BN: a BatchNormalization over
+        # all of X's channels (the one the Conv reads), identity (1, 0) on the channels it ignores.
+        n_stored = cpg * group
+        if conv_group == 1:
+            x_cols, x_total = cols, c_total
+        else:
+            x_cols, x_total = np.arange(n_stored), n_stored
+        bn_scale, bn_shift = np.ones(x_total, np.float32), np.zeros(x_total, np.float32)
+        if in_scale is not None:
+            bn_scale[x_cols] = in_scale
+        if in_bias is not None:
+            bn_shift[x_cols] = in_bias
+        bn_names = [f"{prefix}.dense_bn.{k}" for k in ("scale", "B", "mean", "var")]
+        for name, v in zip(bn_names, (bn_scale, bn_shift, np.zeros(x_total, np.float32),
+                                      np.ones(x_total, np.float32)), strict=True):
+            new_inits.append(numpy_helper.from_array(v, name))
+        normalised = f"{prefix}.dense_bn.out"
+        new_nodes.append(helper.make_node("BatchNormalization", [x_name, *bn_names], [normalised],
+                                          name=f"{prefix}.dense_bn", epsilon=0.0))
+        x_name = normalised
     w_name, b_name = f"{prefix}.dense_weight", f"{prefix}.dense_bias"
     new_inits.append(numpy_helper.from_array(full.astype(np.float32), w_name))
     new_inits.append(numpy_helper.from_array(b.astype(np.float32), b_name))
     conv_attrs = dict(kernel_shape=[kh, kw], strides=list(attrs.strides), pads=list(attrs.pads),
                       dilations=list(attrs.dilations), group=conv_group)
     relu = attrs.activation == "Relu"
-    conv_out = f"{prefix}.dense_conv.out" if relu else node.output[0]
+    conv_out = f"{prefix}.dense_conv.out" if relu or residual else node.output[0]
     new_nodes.append(helper.make_node("Conv", [x_name, w_name, b_name], [conv_out], name=f"{prefix}",
                                       **conv_attrs))
+    if residual:  # the skip connection stays an Add, and a Relu after it cannot fuse into the Conv
+        added = f"{prefix}.dense_add.out" if relu else node.output[0]
+        new_nodes.append(helper.make_node("Add", [conv_out, residual], [added], name=f"{prefix}.add"))
+        conv_out = added
     if relu:
         new_nodes.append(helper.make_node("Relu", [conv_out], [node.output[0]], name=f"{prefix}.relu"))
     return new_nodes, new_inits
@@ -124,11 +153,14 @@ def dense_twin(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Each node becomes ``Conv`` (weight = decoded ternary weight x ``scale``, scattered into a full
     ``[M_out, C, kH, kW]`` weight through the channel maps; Conv bias = ``bias``; dead output channels
-    have a zero filter and their bias) followed by ``Relu`` when the node fuses it. The folding is done
-    in float64 and rounded once, so the twin computes the same function up to float32 rounding. When
-    ``in_channels`` is present and X's channel count is not recorded in the graph, a ``Gather`` picks
-    the read channels first. The ``micronet`` domain import is dropped; the result runs in stock
-    onnxruntime.
+    have a zero filter and their bias) followed by ``Relu`` when the node fuses it. A node with
+    ``in_scale``/``in_bias`` gets a ``BatchNormalization`` before the Conv (scale = ``in_scale``, B =
+    ``in_bias`` scattered to X's channels, 1 and 0 on the unread ones; mean 0, var 1, epsilon 0), and
+    a node with ``residual`` an ``Add`` after it (then the ``Relu``): the layout of the dense export.
+    The folding is done in float64 and rounded once, so the twin computes the same function up to
+    float32 rounding. When ``in_channels`` is present and X's channel count is not recorded in the
+    graph, a ``Gather`` picks the read channels first. The ``micronet`` domain import is dropped; the
+    result runs in stock onnxruntime.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -572,16 +604,26 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _current_format(path: Path) -> bool:
+    """Whether ``path`` is a ternary file in the format version the exporter writes now (a file written
+    before a format change is rewritten, not benchmarked in the old layout)."""
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable: write it again
+        return False
+    return any(o.domain == tf.DOMAIN and o.version == tf.OPSET_VERSION for o in model.opset_import)
+
+
 def bench_random(preset: str = "micronet-c100", sparsities: Sequence[float] = (0.0, 0.5, 0.9),
                  out_dir: str | os.PathLike[str] = "runs/bench", *, seed: int = 0, reuse: bool = True,
                  **bench_kwargs: Any) -> list[dict]:
     """`make_random_ternary_model` for each sparsity (files ``<out_dir>/<preset>-sp<NN>-seed<S>.onnx``,
-    reused when present and ``reuse``), then `bench_model` on each; returns the reports (each with an
-    added ``"sparsity"`` key)."""
+    reused when present, written in the current format version and ``reuse``), then `bench_model` on
+    each; returns the reports (each with an added ``"sparsity"`` key)."""
     reports = []
     for sparsity in sparsities:
         path = Path(out_dir) / f"{preset}-sp{round(sparsity * 100):02d}-seed{seed}.onnx"
-        if not (reuse and path.is_file()):
+        if not (reuse and path.is_file() and _current_format(path)):
             make_random_ternary_model(preset, sparsity, path, seed=seed)
         report = bench_model(path, **bench_kwargs)
         report["sparsity"] = sparsity

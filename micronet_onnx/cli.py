@@ -137,15 +137,25 @@ def export_cmd(
     fp16: bool = typer.Option(False, "--fp16", help="Store the standard ops' weights as float16 (+ Cast)."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check against PyTorch."),
     probe_batch: int = typer.Option(8, "--probe-batch", min=1, help="Images of noise in the parity probe."),
+    format_version: int | None = typer.Option(
+        None, "--format-version", help="TernaryConv format to write with --ternary: 2 (the default: bn1 and "
+        "the skip connection fused into the TernaryConv nodes) or 1 (standalone BatchNormalization and Add, "
+        "for readers of version 1)."),
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON on stdout."),
 ) -> None:
     """Export a checkpoint to ONNX, checking the file against the PyTorch model (docs/export.md)."""
+    from . import ternary_format as tf
     from .export import ParityError, export_checkpoint
 
     with user_errors():
+        if format_version is None:
+            format_version = tf.OPSET_VERSION
+        elif format_version not in tf.SUPPORTED_OPSET_VERSIONS:
+            versions = " or ".join(map(str, tf.SUPPORTED_OPSET_VERSIONS))
+            fail(f"--format-version must be {versions}, got {format_version}")
         try:
             report = export_checkpoint(checkpoint, output, ternary=ternary, fp16=fp16, check=not no_check,
-                                       probe_batch=probe_batch)
+                                       probe_batch=probe_batch, format_version=format_version)
         except ParityError as e:
             fail(_first_line(e), 1)
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_out else "\n".join(report.summary()))

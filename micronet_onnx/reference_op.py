@@ -57,26 +57,47 @@ def ternary_conv(
     bias: np.ndarray | None = None,
     in_channels: np.ndarray | None = None,
     out_channels: np.ndarray | None = None,
+    in_scale: np.ndarray | None = None,
+    in_bias: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
     attrs: tf.ConvAttrs | None = None,
 ) -> np.ndarray:
-    """Evaluate one TernaryConv node on float32 input; returns float32."""
+    """Evaluate one TernaryConv node on float32 input; returns float32.
+
+    Follows docs/ternary-conv.md, "Semantics": the input affine (``in_scale``, ``in_bias``) acts on
+    the gathered stored channels before the zero padding, the ``residual`` is added after ``bias``
+    and before the activation. Everything is computed in float64 and rounded once at the end.
+    """
     if attrs is None:
         raise tf.FormatError("attributes are required")
     x = np.asarray(x)
     if x.dtype != np.float32 or x.ndim != 4:
         raise tf.FormatError(f"X must be float32 [B, C, H, W], got {x.dtype} {list(x.shape)}")
     node = tf.check_node_tensors(attrs, mask, sign, centroids, scale, bias, in_channels, out_channels,
-                                 x_channels=x.shape[1])
+                                 x_channels=x.shape[1], in_scale=in_scale, in_bias=in_bias)
+    xs = x.astype(np.float64)
     if node.in_channels is not None:
-        x = x[:, node.in_channels.astype(np.int64)]
-    conv = conv2d_nchw(x, node.weight(), attrs.strides, attrs.pads, attrs.dilations, attrs.group)
+        xs = xs[:, node.in_channels.astype(np.int64)]
+    if node.in_scale is not None:
+        xs = xs * np.asarray(node.in_scale).astype(np.float64).reshape(1, -1, 1, 1)
+    if node.in_bias is not None:
+        xs = xs + np.asarray(node.in_bias).astype(np.float64).reshape(1, -1, 1, 1)
+    conv = conv2d_nchw(xs, node.weight(), attrs.strides, attrs.pads, attrs.dilations, attrs.group)  # pads 0s
+    out_shape = (x.shape[0], attrs.m_out, *conv.shape[2:])
+    if residual is not None:
+        residual = np.asarray(residual)
+        if residual.dtype != np.float32 or residual.shape != out_shape:
+            raise tf.FormatError(f"residual must be float32 {list(out_shape)} (the output's shape), got "
+                                 f"{residual.dtype} {list(residual.shape)}")
     rows = node.out_channels.astype(np.int64) if node.out_channels is not None else np.arange(attrs.m_stored)
-    full = np.zeros((x.shape[0], attrs.m_out, *conv.shape[2:]), dtype=np.float64)
+    full = np.zeros(out_shape, dtype=np.float64)
     full[:, rows] = conv
     if scale is not None:
         full *= np.asarray(scale).astype(np.float64).reshape(1, -1, 1, 1)
     if bias is not None:
         full += np.asarray(bias).astype(np.float64).reshape(1, -1, 1, 1)
+    if residual is not None:
+        full += residual.astype(np.float64)
     if attrs.activation == "Relu":
         full = np.maximum(full, 0.0)
     return full.astype(np.float32)
@@ -87,7 +108,8 @@ class TernaryConv(OpRun):
 
     op_domain = tf.DOMAIN
 
-    def _run(self, x, mask, sign, centroids, scale=None, bias=None, in_channels=None, out_channels=None, **_: Any):
+    def _run(self, x, mask, sign, centroids, scale=None, bias=None, in_channels=None, out_channels=None,
+             in_scale=None, in_bias=None, residual=None, **_: Any):
         attrs = {}
         for name in (
             tf.ATTR_WEIGHT_SHAPE,
@@ -102,7 +124,8 @@ class TernaryConv(OpRun):
             if value is not None:
                 attrs[name] = value
         conv_attrs = tf.ConvAttrs.from_onnx(attrs)
-        y = ternary_conv(x, mask, sign, centroids, scale, bias, in_channels, out_channels, attrs=conv_attrs)
+        y = ternary_conv(x, mask, sign, centroids, scale, bias, in_channels, out_channels, in_scale, in_bias,
+                         residual, attrs=conv_attrs)
         return (y,)
 
 

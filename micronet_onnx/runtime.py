@@ -86,7 +86,9 @@ def session_options(threads: int | None = None, **options: Any) -> onnxruntime.S
 
 
 def check_format_version(model: str | os.PathLike[str] | bytes) -> None:
-    """Raise `FormatError` when the model imports a ``micronet`` opset this library does not read.
+    """Raise `FormatError` when the model imports a ``micronet`` opset this library does not read, or
+    when a TernaryConv node has more inputs than its version allows (a version-1 model's nodes have at
+    most 8: inputs 8..10 came with version 2).
 
     onnxruntime itself cannot tell the kernel which version of a custom domain a model imports (it
     resolves every version to the one registered schema), so the check is done here.
@@ -99,11 +101,26 @@ def check_format_version(model: str | os.PathLike[str] | bytes) -> None:
         proto = onnx.load_model_from_string(bytes(model))
     else:
         proto = onnx.load(os.fspath(model), load_external_data=False)
+    version = None
     for opset in proto.opset_import:
-        if opset.domain == tf.DOMAIN and opset.version not in tf.SUPPORTED_OPSET_VERSIONS:
+        if opset.domain == tf.DOMAIN:
+            if opset.version not in tf.SUPPORTED_OPSET_VERSIONS:
+                raise tf.FormatError(
+                    f"the model imports {tf.DOMAIN} opset {opset.version}; this library reads versions "
+                    f"{list(tf.SUPPORTED_OPSET_VERSIONS)}"
+                )
+            version = int(opset.version)
+    if version is None:
+        return
+    limit = tf.max_inputs(version)
+    for node in proto.graph.node:
+        if node.domain == tf.DOMAIN and node.op_type == tf.OP_TYPE and len(node.input) > limit:
+            newer = [v for v in tf.SUPPORTED_OPSET_VERSIONS if tf.max_inputs(v) >= len(node.input)]
+            extra = f"input {limit}" if len(node.input) == limit + 1 else f"inputs {limit}..{len(node.input) - 1}"
+            need = f" ({extra} came with {tf.DOMAIN} opset {newer[0]})" if newer else ""
             raise tf.FormatError(
-                f"the model imports {tf.DOMAIN} opset {opset.version}; this library reads versions "
-                f"{list(tf.SUPPORTED_OPSET_VERSIONS)}"
+                f"{tf.OP_TYPE} node {node.name!r} has {len(node.input)} inputs, but the model imports "
+                f"{tf.DOMAIN} opset {version}, whose nodes have at most {limit}{need}"
             )
 
 
@@ -119,7 +136,8 @@ def create_session(
     `onnxruntime.SessionOptions`, e.g. ``graph_optimization_level``, ``inter_op_num_threads``,
     ``execution_mode``, ``log_severity_level``, ``enable_profiling``, ``optimized_model_filepath``.
     A malformed TernaryConv node fails here with an onnxruntime error naming the node; a model that
-    imports an unsupported ``micronet`` opset version raises `ternary_format.FormatError`.
+    imports an unsupported ``micronet`` opset version, or a version-1 model with a node that has
+    version-2 inputs, raises `ternary_format.FormatError`.
     """
     import onnxruntime as ort
 

@@ -736,11 +736,20 @@ _ELEMENTWISE = {
 # ----------------------------------------------------------------------------------------------
 
 
-def _ternary_analysis(node: onnx.NodeProto, g: _Graph, shapes: dict[str, list[int | None]]) -> dict[str, Any]:
-    """Decode a TernaryConv's weight and collect what the counts need."""
-    if len(node.input) < tf.NUM_REQUIRED_INPUTS or len(node.input) > tf.MAX_INPUTS:
+def _ternary_analysis(
+    node: onnx.NodeProto, g: _Graph, shapes: dict[str, list[int | None]], version: int = tf.OPSET_VERSION
+) -> dict[str, Any]:
+    """Decode a TernaryConv's weight and collect what the counts need (``version``: the imported
+    ``micronet`` opset, which limits the node's inputs)."""
+    limit = tf.max_inputs(version)
+    if len(node.input) < tf.NUM_REQUIRED_INPUTS or len(node.input) > limit:
+        newer = ""
+        if tf.NUM_REQUIRED_INPUTS <= len(node.input) <= tf.MAX_INPUTS:
+            extra = f"input {limit}" if len(node.input) == limit + 1 else f"inputs {limit}..{len(node.input) - 1}"
+            newer = f" ({extra} came with a newer {tf.DOMAIN} opset)"
         raise tf.FormatError(
-            f"has {len(node.input)} inputs, expected {tf.NUM_REQUIRED_INPUTS}..{tf.MAX_INPUTS}"
+            f"has {len(node.input)} inputs, expected {tf.NUM_REQUIRED_INPUTS}..{limit} for {tf.DOMAIN} "
+            f"opset {version}{newer}"
         )
     attrs = tf.ConvAttrs.from_onnx(_attrs(node))
     inputs = list(node.input) + [""] * (tf.MAX_INPUTS - len(node.input))
@@ -757,6 +766,7 @@ def _ternary_analysis(node: onnx.NodeProto, g: _Graph, shapes: dict[str, list[in
     mask, sign, centroids = const(tf.IN_MASK), const(tf.IN_SIGN), const(tf.IN_CENTROIDS)
     scale, bias = const(tf.IN_SCALE), const(tf.IN_BIAS)
     in_map, out_map = const(tf.IN_IN_CHANNELS), const(tf.IN_OUT_CHANNELS)
+    in_scale, in_bias = const(tf.IN_IN_SCALE), const(tf.IN_IN_BIAS)
     ws = attrs.weight_shape
     m_stored, cg, kh, kw = ws
     groups = attrs.group
@@ -764,7 +774,14 @@ def _ternary_analysis(node: onnx.NodeProto, g: _Graph, shapes: dict[str, list[in
     m_out = attrs.m_out
     x_shape = shapes.get(inputs[tf.IN_X])
     c_in = x_shape[1] if x_shape is not None and len(x_shape) == 4 else None
-    codes = tf.check_node_tensors(attrs, mask, sign, centroids, scale, bias, in_map, out_map, x_channels=c_in).codes
+    codes = tf.check_node_tensors(attrs, mask, sign, centroids, scale, bias, in_map, out_map, x_channels=c_in,
+                                  in_scale=in_scale, in_bias=in_bias).codes
+    residual = inputs[tf.IN_RESIDUAL]
+    if residual and _known(x_shape) and len(x_shape) == 4:
+        r_shape = shapes.get(residual)
+        y_shape = [x_shape[0], m_out, *attrs.output_hw(x_shape[2], x_shape[3])]
+        if _known(r_shape) and list(r_shape) != y_shape:
+            raise tf.FormatError(f"residual has shape {list(r_shape)}, the output has {y_shape}")
 
     nnz_rows = np.count_nonzero(codes.reshape(m_stored, -1), axis=1).astype(np.int64)
     live = nnz_rows > 0
@@ -796,6 +813,10 @@ def _ternary_analysis(node: onnx.NodeProto, g: _Graph, shapes: dict[str, list[in
         "eff_weights": int(eff_weights),
         "has_scale": scale is not None,
         "has_bias": bias is not None,
+        "has_in_scale": in_scale is not None,
+        "has_in_bias": in_bias is not None,
+        "has_residual": bool(residual),
+        "x_shape": list(x_shape) if _known(x_shape) and len(x_shape) == 4 else None,
         "x_channels_read": x_channels_read,
         "two_valued": len(distinct_codes) <= 2,
     }
@@ -872,7 +893,7 @@ def score_model(model_or_path: Any, options: ScoreOptions | None = None) -> dict
     for node in model.graph.node:
         if node.domain == tf.DOMAIN and node.op_type == tf.OP_TYPE:
             try:
-                ternary[_node_key(node)] = _ternary_analysis(node, g, shapes)
+                ternary[_node_key(node)] = _ternary_analysis(node, g, shapes, imported[tf.DOMAIN])
             except tf.FormatError as e:
                 raise ScoreInputError(f"{label}: TernaryConv {node.name!r}: {_one_line(e)}") from None
 
@@ -1026,12 +1047,17 @@ def _ternary_layer(layer: dict, info: dict, out_shape: list | None, ops: _Ops, o
     sgn = nnz / 32  # sign mask: sigma * N K^2 M / 32 = nnz / 32
     centroids = 1.0  # two fp16 centroids
     bn = m_eff / 2 if (info["has_bias"] or info["has_scale"]) else 0.0  # folded BN: 16-bit bias per channel
-    layer["params_paper"] = loc + sgn + centroids + bn
+    in_affine = info["has_in_scale"] or info["has_in_bias"]
+    # The BN before the conv (in_scale / in_bias): Appendix B's BN rule, a 16-bit bias per effective
+    # input channel with the scale merged, as for a standalone BatchNormalization.
+    in_bn = info["n_eff"] / 2 if in_affine else 0.0
+    layer["params_paper"] = loc + sgn + centroids + bn + in_bn
     layer["params_paper_detail"] = {
         "location_mask": loc,
         "sign_mask": sgn,
         "centroids": centroids,
         "bn_bias": bn,
+        "in_bn_bias": in_bn,
     }
     layer["weight_format_params"] = loc + sgn + centroids
     layer["in_channels"] = [info["n_eff"], info["c_in"]]
@@ -1045,8 +1071,9 @@ def _ternary_layer(layer: dict, info: dict, out_shape: list | None, ops: _Ops, o
     layer["sparsity"] = 1 - nnz / eff if eff else 1.0
     layer["sparsity_stored"] = 1 - nnz / info["numel"]
     folded_bias = info["m_out"] if (info["has_bias"] or info["has_scale"]) else 0
+    in_bn_dense = 4 * info["n_stored"] if in_affine else 0  # the dense export's BatchNormalization: 4 vectors
     layer["dense_fp32_params"] = float(
-        info["m_out"] * (info["c_in"] // info["attrs"].group) * info["k2"] + folded_bias
+        info["m_out"] * (info["c_in"] // info["attrs"].group) * info["k2"] + folded_bias + in_bn_dense
     )
     layer["best_alternative"] = best_alternative(eff, nnz, m_eff, info["two_valued"])
     if not _known(out_shape) or len(out_shape) != 4:
@@ -1072,8 +1099,22 @@ def _ternary_layer(layer: dict, info: dict, out_shape: list | None, ops: _Ops, o
         ops.mult("scale_mult", positions * m_eff, opts.mult_bits)
     if info["has_bias"]:
         ops.add("bias_add", positions * m_eff, opts.add_bits)
+    # With a residual, a dead output channel is act(bias + residual), no longer a constant: the add and
+    # the activation run on every output element.
+    if info["has_residual"]:
+        ops.add("residual_add", positions * info["m_out"], opts.add_bits)
     if info["attrs"].activation == "Relu":
-        ops.mult("activation", positions * m_eff, opts.mult_bits)
+        ops.mult("activation", positions * (info["m_out"] if info["has_residual"] else m_eff), opts.mult_bits)
+    if in_affine:
+        x_shape = info["x_shape"]
+        if x_shape is None:
+            layer["shape_unknown"] = True
+            return
+        normalised = x_shape[0] * info["n_eff"] * x_shape[2] * x_shape[3]  # the read channels of X
+        if info["has_in_scale"]:
+            ops.mult("bn_mult", normalised, opts.mult_bits)
+        if info["has_in_bias"]:
+            ops.add("bn_add", normalised, opts.add_bits)
 
 
 def _value_params(g: _Graph, sources: list[tuple[str, str]]) -> float:

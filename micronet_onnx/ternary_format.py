@@ -5,7 +5,7 @@ The exporter writes it, the scorer counts it, the numpy reference op and the tes
 The normative description is `docs/ternary-conv.md`; keep the two in step, and when the layout
 changes bump `OPSET_VERSION` and keep reading the old one.
 
-Layout of one node (domain ``micronet``, opset 1, op ``TernaryConv``):
+Layout of one node (domain ``micronet``, opset 2, op ``TernaryConv``; opset 1 is inputs 0..7):
 
 ====  ===================  =========  ====================================================
 idx   name                 dtype      meaning
@@ -18,10 +18,14 @@ idx   name                 dtype      meaning
 5     bias      (opt.)     float16    ``[M_out]`` per-output-channel bias (folded BN shift)
 6     in_channels (opt.)   int32      ``[N_stored]`` which channels of X the stored weight reads
 7     out_channels (opt.)  int32      ``[M_stored]`` which output channels the stored rows write
+8     in_scale  (opt., v2) float32    ``[N_stored]`` per-input-channel multiplier (a pre-activation BN)
+9     in_bias   (opt., v2) float32    ``[N_stored]`` per-input-channel shift, applied before zero padding
+10    residual  (opt., v2) float32    ``[B, M_out, OH, OW]`` added before the activation (not a constant)
 ====  ===================  =========  ====================================================
 
-``Y[:, o] = act(scale[o] * conv(X[:, in_channels], W)[row(o)] + bias[o])`` where an output
-channel with no stored row has ``conv = 0``, i.e. it is the constant plane ``act(bias[o])``.
+``Xa[:, c] = in_scale[c] * X[:, in_channels[c]] + in_bias[c]`` (then zero-padded), and
+``Y[:, o] = act(scale[o] * conv(Xa, W)[row(o)] + bias[o] + residual[:, o])`` where an output
+channel with no stored row has ``conv = 0``, i.e. it is ``act(bias[o] + residual[:, o])``.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 
 DOMAIN = "micronet"
-OPSET_VERSION = 1
-"""Version of the ``micronet`` domain; it is the format version of every op in the domain."""
+OPSET_VERSION = 2
+"""Version of the ``micronet`` domain that writers emit; it is the format version of every op in the
+domain. Version 2 added the optional inputs 8..10 (input affine and residual); version 1 files are
+read unchanged."""
 OP_TYPE = "TernaryConv"
-SUPPORTED_OPSET_VERSIONS = (1,)
+SUPPORTED_OPSET_VERSIONS = (1, 2)
 
-# Input positions (the contract fixes 0..3; 4..7 are optional and may be given as empty names).
+# Input positions (the contract fixes 0..3; the rest are optional and may be given as empty names).
 IN_X = 0
 IN_MASK = 1
 IN_SIGN = 2
@@ -45,9 +51,14 @@ IN_SCALE = 4
 IN_BIAS = 5
 IN_IN_CHANNELS = 6
 IN_OUT_CHANNELS = 7
+IN_IN_SCALE = 8  # since opset 2
+IN_IN_BIAS = 9  # since opset 2
+IN_RESIDUAL = 10  # since opset 2; the only optional input that is not a constant
 NUM_REQUIRED_INPUTS = 4
-MAX_INPUTS = 8
-INPUT_NAMES = ("X", "mask", "sign", "centroids", "scale", "bias", "in_channels", "out_channels")
+MAX_INPUTS = 11
+MAX_INPUTS_V1 = 8  # inputs a version-1 node may have
+INPUT_NAMES = ("X", "mask", "sign", "centroids", "scale", "bias", "in_channels", "out_channels",
+               "in_scale", "in_bias", "residual")
 
 # Attributes.
 ATTR_WEIGHT_SHAPE = "weight_shape"  # ints [M_stored, N_stored / group, kH, kW]; required
@@ -66,12 +77,21 @@ MASK_DTYPE = np.uint8
 SIGN_DTYPE = np.uint8
 CENTROID_DTYPE = np.float16
 AFFINE_DTYPE = np.float16  # scale and bias
+IN_AFFINE_DTYPE = np.float32  # in_scale and in_bias (a pre-activation BatchNorm, kept at full precision)
 CHANNEL_MAP_DTYPE = np.int32
 BIT_ORDER = "little"  # least significant bit first within each byte
 
 
 class FormatError(ValueError):
     """A TernaryConv node or tensor that does not follow the format."""
+
+
+def max_inputs(opset_version: int) -> int:
+    """How many inputs a node of this format version may have."""
+    if opset_version not in SUPPORTED_OPSET_VERSIONS:
+        raise FormatError(f"{DOMAIN} opset {opset_version} is not supported (this reader reads "
+                          f"{list(SUPPORTED_OPSET_VERSIONS)})")
+    return MAX_INPUTS_V1 if opset_version == 1 else MAX_INPUTS
 
 
 def packed_length(num_bits: int) -> int:
@@ -260,6 +280,8 @@ class NodeTensors:
     bias: np.ndarray | None
     in_channels: np.ndarray | None
     out_channels: np.ndarray | None
+    in_scale: np.ndarray | None = None
+    in_bias: np.ndarray | None = None
 
     def weight(self) -> np.ndarray:
         """The float32 weight the node stands for."""
@@ -270,7 +292,8 @@ class NodeTensors:
 def check_node_tensors(attrs: ConvAttrs, mask: np.ndarray, sign: np.ndarray, centroids: np.ndarray,
                        scale: np.ndarray | None = None, bias: np.ndarray | None = None,
                        in_channels: np.ndarray | None = None, out_channels: np.ndarray | None = None,
-                       x_channels: int | None = None) -> NodeTensors:
+                       x_channels: int | None = None, in_scale: np.ndarray | None = None,
+                       in_bias: np.ndarray | None = None) -> NodeTensors:
     """Every check docs/ternary-conv.md asks of a reader, in one place (reference op, scorer, tests).
 
     ``x_channels`` is the channel count of X when known; without it the in_channels bound is not
@@ -286,6 +309,10 @@ def check_node_tensors(attrs: ConvAttrs, mask: np.ndarray, sign: np.ndarray, cen
         v = None if v is None else np.asarray(v)
         if v is not None and (v.dtype != AFFINE_DTYPE or v.shape != (m_out,)):
             raise FormatError(f"{name} must be float16 [{m_out}], got {v.dtype} {list(v.shape)}")
+    for name, v in (("in_scale", in_scale), ("in_bias", in_bias)):
+        v = None if v is None else np.asarray(v)
+        if v is not None and (v.dtype != IN_AFFINE_DTYPE or v.shape != (n_stored,)):
+            raise FormatError(f"{name} must be float32 [{n_stored}], got {v.dtype} {list(v.shape)}")
     if in_channels is not None:
         if attrs.group != 1:
             raise FormatError("in_channels requires group == 1")
@@ -296,7 +323,7 @@ def check_node_tensors(attrs: ConvAttrs, mask: np.ndarray, sign: np.ndarray, cen
         _check_channel_map(out_channels, m_stored, m_out, "out_channels")
     elif m_out != m_stored:
         raise FormatError("num_output_channels differs from weight_shape[0] without out_channels")
-    return NodeTensors(attrs, codes, centroids, scale, bias, in_channels, out_channels)
+    return NodeTensors(attrs, codes, centroids, scale, bias, in_channels, out_channels, in_scale, in_bias)
 
 
 def _check_channel_map(v: np.ndarray, length: int, bound: int | None, name: str) -> None:

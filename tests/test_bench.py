@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -40,7 +41,7 @@ def tiny_ternary(tmp_path_factory):
 
 
 def test_dense_twin_of_exported_model_computes_the_same(ops_library, tiny_ternary):
-    path, _ = tiny_ternary
+    path, tiny_model_ = tiny_ternary
     model = onnx.load(path)
     assert any(n.domain == tf.DOMAIN for n in model.graph.node)
     assert any(len(n.input) > 6 for n in model.graph.node if n.op_type == tf.OP_TYPE)  # maps present
@@ -49,6 +50,11 @@ def test_dense_twin_of_exported_model_computes_the_same(ops_library, tiny_ternar
     assert not any(n.domain == tf.DOMAIN for n in twin.graph.node)
     assert all(o.domain != tf.DOMAIN for o in twin.opset_import)
     assert not any(n.op_type == "Gather" for n in twin.graph.node)  # X channel counts are recorded
+    # the same kind of graph as the dense export of the model (bn1 and the skip connection as BatchNormalization
+    # and Add), so stock onnxruntime optimizes both alike
+    dense_path = path.parent / "tiny_dense.onnx"
+    export_model(tiny_model_, dense_path, ternary=False, check=False)
+    assert Counter(n.op_type for n in twin.graph.node) == Counter(n.op_type for n in onnx.load(dense_path).graph.node)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     (dense,) = _ort(twin).run(None, {"input": x})
     (ref,) = reference_evaluator(model).run(None, {"input": x})
@@ -61,11 +67,34 @@ def test_dense_twin_of_exported_model_computes_the_same(ops_library, tiny_ternar
 
 @pytest.mark.parametrize("case", [
     "plain", "affine_relu", "maps_known_x", "maps_unknown_x", "group_identity", "group_with_maps", "stride_dilation",
+    "v2_block_conv1", "v2_block_conv2", "v2_all_maps_known_x", "v2_all_maps_unknown_x", "v2_group_identity",
+    "v2_group_with_maps", "v2_in_scale_only_stride", "v2_in_bias_only", "v2_residual_only",
 ])
 def test_dense_twin_of_single_nodes(case):
     rng = np.random.default_rng(zlib.crc32(case.encode()))
     x_channels = None
-    if case == "plain":
+    if case == "v2_block_conv1":  # bn1 -> conv1 -> bn2 -> relu
+        node = random_node(rng, 6, 4, (3, 3), pads=(1, 1, 1, 1), affine=True, relu=True, in_affine=True)
+    elif case == "v2_block_conv2":  # conv2 -> bn3 -> + shortcut, dead output channels
+        node = random_node(rng, 5, 4, (3, 3), pads=(1, 1, 1, 1), m_out=7, affine=True, residual=True)
+    elif case in ("v2_all_maps_known_x", "v2_all_maps_unknown_x"):
+        x_channels = 9
+        node = random_node(rng, 5, 6, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), x_channels=9, m_out=8, affine=True,
+                           relu=True, in_affine=True, residual=True)
+    elif case == "v2_group_identity":
+        node = random_node(rng, 6, 2, (3, 3), group=3, pads=(1, 1, 1, 1), scale=True, in_affine=True, residual=True,
+                           relu=True)
+    elif case == "v2_group_with_maps":
+        node = random_node(rng, 4, 3, (3, 3), group=2, m_out=7, affine=True, relu=True, in_affine=True,
+                           residual=True)
+    elif case == "v2_in_scale_only_stride":
+        node = random_node(rng, 4, 3, (3, 3), strides=(2, 1), pads=(0, 2, 1, 0), dilations=(1, 2), bias=True,
+                           in_scale=True)
+    elif case == "v2_in_bias_only":
+        node = random_node(rng, 4, 3, (3, 3), pads=(1, 1, 1, 1), in_bias=True, relu=True)
+    elif case == "v2_residual_only":
+        node = random_node(rng, 5, 4, (3, 3), residual=True, relu=True)
+    elif case == "plain":
         node = random_node(rng, 5, 4, (3, 3))
     elif case == "affine_relu":
         node = random_node(rng, 6, 4, (3, 3), pads=(1, 1, 1, 1), affine=True, relu=True)
@@ -80,19 +109,26 @@ def test_dense_twin_of_single_nodes(case):
         node = random_node(rng, 4, 3, (3, 3), strides=(2, 1), pads=(0, 2, 1, 0), dilations=(1, 2), bias=True)
     model = node.model()
     c = x_channels or node.attrs.weight_shape[1] * node.attrs.group
-    if case == "maps_known_x":
+    if case in ("maps_known_x", "v2_all_maps_known_x"):
         model.graph.input[0].CopyFrom(onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT,
                                                                          ["B", c, "H", "W"]))
     twin = bench.dense_twin(model)
     onnx.checker.check_model(twin)
+    assert all(o.domain != tf.DOMAIN for o in twin.opset_import)
     ops = [n.op_type for n in twin.graph.node]
-    assert ("Gather" in ops) == (case == "maps_unknown_x")
+    assert ("Gather" in ops) == (case in ("maps_unknown_x", "v2_all_maps_unknown_x"))
     assert ("Relu" in ops) == (node.attrs.activation == "Relu")
+    in_affine = node.in_scale is not None or node.in_bias is not None
+    residual = node.residual_seed is not None
+    assert ops.count("BatchNormalization") == in_affine and ops.count("Add") == residual
+    # the layout of the dense export: [BatchNormalization] -> Conv -> [Add] -> [Relu]
+    assert [op for op in ops if op != "Gather"] == (
+        ["BatchNormalization"] * in_affine + ["Conv"] + ["Add"] * residual + ["Relu"] * ops.count("Relu"))
     conv = next(n for n in twin.graph.node if n.op_type == "Conv")
     group = next((a.i for a in conv.attribute if a.name == "group"), 1)
-    assert group == (3 if case == "group_identity" else 1)
+    assert group == (3 if case in ("group_identity", "v2_group_identity") else 1)
     x = rng.standard_normal((2, c, 11, 10)).astype(np.float32)
-    (y,) = _ort(twin).run(None, {"X": x})
+    (y,) = _ort(twin).run(None, node.feeds(x))
     ref = node.reference(x)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5 * (1 + float(np.abs(ref).max())))
 

@@ -94,6 +94,13 @@ def ternary_export(tmodel, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def ternary_export_v1(tmodel, tmp_path_factory):
+    path = tmp_path_factory.mktemp("exp") / "t1.onnx"
+    report = export_model(tmodel, path, ternary=True, format_version=1)
+    return path, report
+
+
+@pytest.fixture(scope="module")
 def dense_export(tmodel, tmp_path_factory):
     path = tmp_path_factory.mktemp("exp") / "d.onnx"
     report = export_model(tmodel, path, ternary=False)
@@ -171,11 +178,13 @@ def test_ternary_file_layout(ternary_export, tmodel):
     onnx.checker.check_model(model, full_check=True)
     assert model.ir_version == mx.IR_VERSION == 8
     opsets = {o.domain: o.version for o in model.opset_import}
-    assert opsets == {"": mx.ONNX_OPSET, tf.DOMAIN: tf.OPSET_VERSION}
+    assert opsets == {"": mx.ONNX_OPSET, tf.DOMAIN: tf.OPSET_VERSION} and tf.OPSET_VERSION == 2
+    assert report.format_version == 2
     tern = _nodes(model, tf.OP_TYPE)
     assert len(tern) == 2 * len(tmodel.blocks()) == len(report.ternary_layers)
     assert all(n.domain == tf.DOMAIN for n in tern)
-    assert len(_nodes(model, "BatchNormalization")) == len(tmodel.blocks())  # bn1 only
+    # version 2: bn1 and the skip connection live in the TernaryConv nodes
+    assert not _nodes(model, "BatchNormalization") and not _nodes(model, "Add")
     assert len(_nodes(model, "Conv")) == 1 + 2  # stem + two shortcuts
     assert [n.op_type for n in model.graph.node[-4:]] == ["Relu", "GlobalAveragePool", "Flatten", "Gemm"]
     assert not _nodes(model, "Dropout")
@@ -188,8 +197,72 @@ def test_ternary_file_layout(ternary_export, tmodel):
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     meta = {p.key: p.value for p in model.metadata_props}
     assert model.producer_name == "micronet-onnx"
-    assert meta["micronet.format_version"] == str(tf.OPSET_VERSION)
+    assert meta["micronet.format_version"] == "2"
     assert float(meta["micronet.ec2t_sparsity"]) == pytest.approx(report.ec2t_sparsity)
+
+
+def _blocks(model: MicroNet) -> list[tuple[str, torch.nn.Module]]:
+    stages = (model.stage1, model.stage2, model.stage3)
+    return [(f"stage{si}.{bi}", blk) for si, st in enumerate(stages, 1) for bi, blk in enumerate(st)]
+
+
+def test_version_2_blocks_fuse_bn1_and_the_skip_connection(ternary_export, tmodel):
+    """conv1 carries bn1 (folded in float64, rounded once to float32, for its stored input channels) as
+    in_scale / in_bias; conv2 reads the shortcut's value (the block input or the 1x1 Conv) as residual."""
+    path, report = ternary_export
+    model = onnx.load(path)
+    nodes = {n.name: n for n in _nodes(model, tf.OP_TYPE)}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    layers = {la.name: la for la in report.ternary_layers}
+    for name, blk in _blocks(tmodel):
+        c1, c2 = nodes[f"{name}.conv1"], nodes[f"{name}.conv2"]
+        assert len(c1.input) == tf.IN_IN_BIAS + 1 and len(c2.input) == tf.IN_RESIDUAL + 1
+        assert not c1.input[tf.IN_IN_CHANNELS]  # conv1 reads every channel of the stream
+        scale, shift = mx.folding.bn_affine(blk.bn1, name)
+        in_scale, in_bias = _init(model, c1.input[tf.IN_IN_SCALE]), _init(model, c1.input[tf.IN_IN_BIAS])
+        assert in_scale.dtype == in_bias.dtype == np.float32
+        np.testing.assert_array_equal(in_scale, scale.astype(np.float32))
+        np.testing.assert_array_equal(in_bias, shift.astype(np.float32))
+        assert all(not c2.input[i] for i in (tf.IN_IN_SCALE, tf.IN_IN_BIAS))
+        residual = c2.input[tf.IN_RESIDUAL]
+        block_input = c1.input[tf.IN_X]
+        if blk.shortcut is None:
+            assert residual == block_input
+        else:
+            sc = producer[residual]
+            assert sc.op_type == "Conv" and sc.name == f"{name}.shortcut" and sc.input[0] == block_input
+        assert layers[c1.name].input_affine and not layers[c1.name].residual
+        assert layers[c2.name].residual and not layers[c2.name].input_affine
+        for la, node in ((layers[c1.name], c1), (layers[c2.name], c2)):  # every constant input counted
+            assert la.stored_bytes == sum(_init(model, i).nbytes for i in node.input[1:] if i and i != residual)
+    # the next block reads conv2's output directly; the head reads the last one
+    assert producer[model.graph.node[-4].input[0]].name == "stage3.1.conv2"
+
+
+def test_version_1_layout(ternary_export_v1, ternary_export, tmodel):
+    path, report = ternary_export_v1
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    assert {o.domain: o.version for o in model.opset_import} == {"": mx.ONNX_OPSET, tf.DOMAIN: 1}
+    assert {p.key: p.value for p in model.metadata_props}["micronet.format_version"] == "1"
+    assert report.format_version == 1 and "format version 1" in report.summary()[0]
+    assert len(_nodes(model, "BatchNormalization")) == len(tmodel.blocks())  # bn1
+    assert len(_nodes(model, "Add")) == len(tmodel.blocks())
+    tern = _nodes(model, tf.OP_TYPE)
+    assert len(tern) == 2 * len(tmodel.blocks())
+    assert all(len(n.input) <= tf.MAX_INPUTS_V1 for n in tern)
+    assert not any(la.input_affine or la.residual for la in report.ternary_layers)
+    # the same weights and channel plans as version 2, which stores bn1 as 2 instead of 4 vectors
+    v2 = {la.name: la for la in ternary_export[1].ternary_layers}
+    for la in report.ternary_layers:
+        assert la.stored_shape == v2[la.name].stored_shape and la.nnz == v2[la.name].nnz
+        extra = 2 * 4 * la.stored_shape[1] if v2[la.name].input_affine else 0
+        assert v2[la.name].stored_bytes == la.stored_bytes + extra
+    # bn1 of C channels: four float32 vectors in version 1, two in version 2; nothing else differs
+    model_v2 = onnx.load(ternary_export[0])
+    init_bytes = [sum(onnx.numpy_helper.to_array(t).nbytes for t in m.graph.initializer) for m in (model, model_v2)]
+    assert init_bytes[0] - init_bytes[1] == sum((4 - 2) * 4 * blk.bn1.num_features for blk in tmodel.blocks())
+    assert report.file_bytes > ternary_export[1].file_bytes
 
 
 def test_value_info_shapes_match_evaluation(ternary_export):
@@ -235,8 +308,9 @@ def test_dead_channel_maps_emitted(ternary_export, tmodel):
         assert any("dropped" in r for r in la2.reasons()) and any("kept" in r for r in la2.reasons())
 
 
-def test_ternary_parity_against_pytorch(ternary_export, tmodel):
-    path, report = ternary_export
+@pytest.mark.parametrize("version", [1, 2])
+def test_ternary_parity_against_pytorch(ternary_export, ternary_export_v1, tmodel, version):
+    path, report = ternary_export if version == 2 else ternary_export_v1
     p = report.parity
     assert p is not None and p.passed and p.evaluator == "reference"
     assert p.probe_shape == [8, 3, 32, 32] and p.top1_agreement == 1.0
@@ -252,15 +326,17 @@ def test_ternary_parity_against_pytorch(ternary_export, tmodel):
     assert 0 < np.abs(y - plain).max() <= parity_mod.tolerance(np.abs(plain).max(), 12)
 
 
-def test_fully_dead_layers(tmp_path):
-    """A conv with every row dead stores one all-zero row (empty sign); its consumer drops every input."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_fully_dead_layers(tmp_path, version):
+    """A conv with every row dead stores one all-zero row (empty sign); its consumer drops every input
+    (so in version 2 that consumer's whole output is bias + residual, which the parity check sees)."""
     model = tiny_model(ternary=True, seed=2)
     with torch.no_grad():
         blk = model.stage2[1]
         blk.conv1.codes.zero_()
         blk.bn2.running_mean.zero_()
         blk.bn2.bias.fill_(-1.0)
-    report = export_model(model, tmp_path / "dead.onnx", ternary=True)
+    report = export_model(model, tmp_path / "dead.onnx", ternary=True, format_version=version)
     assert report.parity.passed
     layers = {la.name: la for la in report.ternary_layers}
     c1, c2 = layers["stage2.1.conv1"], layers["stage2.1.conv2"]
@@ -317,11 +393,12 @@ def test_fp16_exports(tmodel, tmp_path):
     assert tern.parity.passed and tern.file_bytes < dense.file_bytes
 
 
-def test_ternary_file_runs_with_custom_op_library(ternary_export, ops_library):
+@pytest.mark.parametrize("version", [1, 2])
+def test_ternary_file_runs_with_custom_op_library(ternary_export, ternary_export_v1, ops_library, version):
     """The C++ kernels (runtime_ops/) agree with the reference op on an exported file, maps included."""
     from micronet_onnx import runtime
 
-    path, _ = ternary_export
+    path, _ = ternary_export if version == 2 else ternary_export_v1
     x = default_probe(batch=2).numpy()
     y = runtime.create_session(path, threads=1).run(None, {"input": x})[0]
     ref = reference_evaluator(onnx.load(path)).run(None, {"input": x})[0]
@@ -351,6 +428,29 @@ def test_parity_failure_writes_nothing(tmodel, tmp_path, monkeypatch):
     with pytest.raises(ParityError) as err:
         export_model(tmodel, tmp_path / "bad.onnx", ternary=True)
     assert not err.value.report.passed and not (tmp_path / "bad.onnx").exists()
+
+
+def test_bad_format_version_is_refused(tmodel, tmp_path):
+    for bad in (0, 3, True, "2"):
+        with pytest.raises(ExportError, match="format version"):
+            export_model(tmodel, tmp_path / "x.onnx", ternary=True, format_version=bad, check=False)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_dense_export_is_the_same_for_both_format_versions(tmodel, dense_export, tmp_path):
+    export_model(tmodel, tmp_path / "d1.onnx", ternary=False, format_version=1, check=False)
+    d1, d2 = onnx.load(tmp_path / "d1.onnx"), onnx.load(dense_export[0])
+    assert d1.graph == d2.graph and {o.domain for o in d1.opset_import} == {""}
+
+
+def test_fp16_version_2_keeps_input_affine_float32(tmodel, tmp_path):
+    report = export_model(tmodel, tmp_path / "t16.onnx", ternary=True, fp16=True)
+    model = onnx.load(tmp_path / "t16.onnx")
+    conv1 = [n for n in _nodes(model, tf.OP_TYPE) if n.name.endswith("conv1")]
+    assert all(_init(model, n.input[tf.IN_IN_SCALE]).dtype == np.float32 for n in conv1)
+    assert not any(la.endswith("bn1") for la in mx.build_graph(tmodel, ternary=True, fp16=True,
+                                                                input_hw=(32, 32)).fp16_layers)
+    assert report.parity.passed
 
 
 def test_fp16_overflow_is_refused(tmp_path):
@@ -388,8 +488,31 @@ def test_cli_export_ternary(ckpts, tmp_path):
     r = _mnx("export", "--ternary", ckpts / "tern.pt", "-o", out, "--probe-batch", "2")
     assert r.exit_code == 0, r.output
     assert out.is_file() and "TernaryConv" in r.stdout and "parity" in r.stdout and "KiB" in r.stdout
+    assert "format version 2" in r.stdout and "BatchNormalization" not in r.stdout
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert meta["micronet.source_checkpoint"] == "tern.pt" and len(meta["micronet.source_sha256"]) == 64
+
+
+def test_cli_export_format_version_1(ckpts, tmp_path):
+    out = tmp_path / "v1.onnx"
+    r = _mnx("export", "--ternary", "--format-version", "1", ckpts / "tern.pt", "-o", out, "--probe-batch", "1")
+    assert r.exit_code == 0, r.output
+    model = onnx.load(out)
+    assert {o.domain: o.version for o in model.opset_import}[tf.DOMAIN] == 1
+    assert _nodes(model, "BatchNormalization") and _nodes(model, "Add") and "format version 1" in r.stdout
+
+
+@pytest.mark.parametrize("value", ["3", "0", "-1"])
+def test_cli_bad_format_version_exit_2(ckpts, tmp_path, value):
+    r = _mnx("export", "--ternary", "--format-version", value, ckpts / "tern.pt", "-o", tmp_path / "m.onnx")
+    assert r.exit_code == 2, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("mnx: error: --format-version")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_non_integer_format_version_is_a_usage_error(ckpts, tmp_path):
+    r = _mnx("export", "--ternary", "--format-version", "two", ckpts / "tern.pt", "-o", tmp_path / "m.onnx")
+    assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.parametrize("case", ["fp-ternary", "missing", "foreign", "garbage", "out-dir", "out-under-file"])

@@ -124,6 +124,55 @@ CASES = {
         lambda r: random_node(r, 3, 40, (3, 3), pads=(1, 1, 1, 1), sparsity=0.9),
         (1, 40, 3, 1500),
     ),
+    # format version 2: the input affine is applied while the input rows are copied (before the zero
+    # padding), the residual added before the activation, on every path
+    "v2_block_conv1_32x32_sp90": (
+        lambda r: random_node(r, 16, 16, (3, 3), pads=(1, 1, 1, 1), sparsity=0.9, affine=True, relu=True,
+                              in_affine=True),
+        (2, 16, 32, 32),
+    ),
+    "v2_block_conv2_residual_sp50": (
+        lambda r: random_node(r, 12, 16, (3, 3), pads=(1, 1, 1, 1), sparsity=0.5, affine=True, residual=True),
+        (2, 16, 16, 16),
+    ),
+    "v2_all_inputs_lane_shift_relu": (
+        lambda r: random_node(r, 17, 40, (3, 3), pads=(1, 1, 1, 1), sparsity=0.5, affine=True, relu=True,
+                              in_affine=True, residual=True),
+        (2, 40, 8, 8),
+    ),
+    "v2_all_inputs_stride2_maps_dead_channels": (
+        lambda r: random_node(r, 10, 12, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), sparsity=0.8, x_channels=20,
+                              m_out=16, affine=True, relu=True, in_affine=True, residual=True),
+        (3, 20, 15, 15),
+    ),
+    "v2_in_bias_only_asym_pads_dilation": (
+        lambda r: random_node(r, 5, 3, (3, 3), strides=(1, 2), pads=(0, 2, 1, 0), dilations=(2, 1), sparsity=0.4,
+                              in_bias=True),
+        (2, 3, 11, 13),
+    ),
+    "v2_sparsity_0_in_scale_residual": (
+        lambda r: random_node(r, 9, 7, (3, 3), pads=(1, 1, 1, 1), sparsity=0.0, bias=True, in_scale=True,
+                              residual=True),
+        (2, 7, 12, 12),
+    ),
+    "v2_sparsity_100_residual_relu": (
+        lambda r: random_node(r, 5, 6, (3, 3), pads=(1, 1, 1, 1), sparsity=1.0, affine=True, relu=True,
+                              in_affine=True, residual=True),
+        (2, 6, 9, 9),
+    ),
+    "v2_group_2_all_inputs": (
+        lambda r: random_node(r, 6, 3, (3, 3), group=2, pads=(1, 1, 1, 1), sparsity=0.3, in_affine=True,
+                              residual=True, relu=True),
+        (2, 6, 9, 9),
+    ),
+    "v2_width_1_in_affine": (
+        lambda r: random_node(r, 3, 4, (3, 3), pads=(1, 1, 1, 1), sparsity=0.3, in_affine=True, residual=True),
+        (2, 4, 10, 1),
+    ),
+    "v2_too_large_for_scratch_in_affine": (
+        lambda r: random_node(r, 3, 40, (3, 3), pads=(1, 1, 1, 1), sparsity=0.9, in_affine=True, residual=True),
+        (1, 40, 3, 1500),
+    ),
 }
 
 
@@ -140,25 +189,28 @@ def test_kernel_path_matches_reference(ops_library, monkeypatch, case, kernel, i
     model = node.model().SerializeToString()
     ref = node.reference(x)
     for threads in (1, 2):
-        (y,) = create_session(model, threads=threads).run(None, {"X": x})
+        (y,) = create_session(model, threads=threads).run(None, node.feeds(x))
         assert y.dtype == np.float32
         assert_close(y, ref, f"{case}: kernel={kernel} isa={isa} threads={threads}")
 
 
+@pytest.mark.parametrize("v2", [False, True])
 @pytest.mark.parametrize("kernel,isa", [("sparse", "auto"), ("dense", "auto"), ("sparse", "portable")])
-def test_large_batch_and_thread_counts_agree_bitwise(ops_library, monkeypatch, kernel, isa):
+def test_large_batch_and_thread_counts_agree_bitwise(ops_library, monkeypatch, kernel, isa, v2):
     """Work items depend on the geometry and batch only: 1, 2 or 3 threads give identical bits."""
     monkeypatch.setenv(KERNEL_ENV, kernel)
     monkeypatch.setenv(ISA_ENV, isa)
     rng = np.random.default_rng(5)
-    node = random_node(rng, 24, 16, (3, 3), pads=(1, 1, 1, 1), sparsity=0.7, affine=True, relu=True)
+    node = random_node(rng, 24, 16, (3, 3), pads=(1, 1, 1, 1), sparsity=0.7, affine=True, relu=True,
+                       in_affine=v2, residual=v2)
     x = rng.standard_normal((9, 16, 16, 16)).astype(np.float32)
     model = node.model().SerializeToString()
-    outs = [create_session(model, threads=t).run(None, {"X": x})[0] for t in (1, 2, 3)]
+    outs = [create_session(model, threads=t).run(None, node.feeds(x))[0] for t in (1, 2, 3)]
     assert_close(outs[0], node.reference(x), f"{kernel}/{isa} batch 9")
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
-    (one,) = create_session(model, threads=2).run(None, {"X": x[4:5]})
+    feeds = {k: v[4:5] for k, v in node.feeds(x).items()}  # image 4 (and its residual) alone
+    (one,) = create_session(model, threads=2).run(None, feeds)
     assert_close(one, outs[0][4:5], "batch 1 vs the same image in a batch of 9")
 
 

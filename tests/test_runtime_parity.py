@@ -34,21 +34,23 @@ def make_model(
     node_name: str = "tc",
     x_elem_type: int = TensorProto.FLOAT,
     x_shape: list | None = ANY_NCHW,
-    graph_inputs: dict[str, np.ndarray] | None = None,
+    graph_inputs: dict[str, np.ndarray | tuple[np.dtype, list | None]] | None = None,
+    opset: int = tf.OPSET_VERSION,
 ) -> onnx.ModelProto:
     """A one-node model ``Y = micronet::TernaryConv(inputs...)``; ``inputs[0]`` is the graph input X.
 
     ``attrs`` values may be ready-made ``onnx.AttributeProto``. ``x_shape`` None leaves X unranked.
-    ``graph_inputs`` lists further non-constant inputs (name -> example array, for dtype and shape).
+    ``graph_inputs`` lists further non-constant inputs: name -> example array (declared with its dtype
+    and shape) or ``(dtype, shape)`` (shape may hold symbolic names, or be None for unranked).
+    ``opset`` is the imported ``micronet`` opset (the format version).
     """
     plain = {k: v for k, v in attrs.items() if not isinstance(v, onnx.AttributeProto)}
     node = helper.make_node(tf.OP_TYPE, inputs, ["Y"], domain=tf.DOMAIN, name=node_name, **plain)
     node.attribute.extend(v for v in attrs.values() if isinstance(v, onnx.AttributeProto))
     g_inputs = [helper.make_tensor_value_info(inputs[0], x_elem_type, x_shape)]
     for name, arr in (graph_inputs or {}).items():
-        g_inputs.append(
-            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape))
-        )
+        dtype, shape = arr if isinstance(arr, tuple) else (arr.dtype, list(arr.shape))
+        g_inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape))
     graph = helper.make_graph(
         [node],
         "ternary_conv",
@@ -58,14 +60,17 @@ def make_model(
     )
     return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(tf.DOMAIN, tf.OPSET_VERSION)],
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(tf.DOMAIN, opset)],
         ir_version=8,
     )
 
 
 @dataclass
 class Node:
-    """A valid TernaryConv node with its numpy inputs."""
+    """A valid TernaryConv node with its numpy inputs.
+
+    The constant inputs 1..9 are arrays; the residual (input 10) is a run-time graph input named
+    ``<prefix>residual``, drawn for each X shape from ``residual_seed`` (None: no residual)."""
 
     packed: tf.PackedTernary
     attrs: tf.ConvAttrs
@@ -73,14 +78,32 @@ class Node:
     bias: np.ndarray | None = None
     in_channels: np.ndarray | None = None
     out_channels: np.ndarray | None = None
+    in_scale: np.ndarray | None = None
+    in_bias: np.ndarray | None = None
+    residual_seed: int | None = None
     prefix: str = ""
 
     def input_arrays(self) -> list[np.ndarray | None]:
+        """The constant inputs 1..9 (None where absent)."""
         p = self.packed
-        return [p.mask, p.sign, p.centroids, self.scale, self.bias, self.in_channels, self.out_channels]
+        return [p.mask, p.sign, p.centroids, self.scale, self.bias, self.in_channels, self.out_channels,
+                self.in_scale, self.in_bias]
+
+    @property
+    def residual_name(self) -> str:
+        return "" if self.residual_seed is None else f"{self.prefix}{tf.INPUT_NAMES[tf.IN_RESIDUAL]}"
+
+    def residual_for(self, x: np.ndarray) -> np.ndarray | None:
+        """The residual fed with ``x``: float32 ``[B, M_out, OH, OW]``, a fixed draw per shape."""
+        if self.residual_seed is None:
+            return None
+        oh, ow = self.attrs.output_hw(x.shape[2], x.shape[3])
+        shape = (x.shape[0], self.attrs.m_out, max(oh, 0), max(ow, 0))
+        return np.random.default_rng(self.residual_seed).standard_normal(shape).astype(np.float32)
 
     def wire(self, x_name: str) -> tuple[list[str], dict[str, np.ndarray]]:
-        """Node input names (empty names for absent optional inputs) and the initializers."""
+        """Node input names (empty names for absent optional inputs) and the initializers; the
+        residual, a run-time value, is named but not an initializer (see `graph_inputs`)."""
         names, inits = [x_name], {}
         for idx, arr in enumerate(self.input_arrays(), start=1):
             if arr is None:
@@ -89,16 +112,31 @@ class Node:
                 name = f"{self.prefix}{tf.INPUT_NAMES[idx]}"
                 names.append(name)
                 inits[name] = arr
+        names.append(self.residual_name)
         while names[-1] == "":
             names.pop()
         return names, inits
 
-    def model(self, node_name: str = "tc") -> onnx.ModelProto:
+    def graph_inputs(self) -> dict[str, tuple[np.dtype, list]]:
+        """The residual as a graph input of symbolic shape (its shape is checked by the op, not onnxruntime)."""
+        if self.residual_seed is None:
+            return {}
+        return {self.residual_name: (np.dtype(np.float32), ["B", "M", "OH", "OW"])}
+
+    def feeds(self, x: np.ndarray, x_name: str = "X") -> dict[str, np.ndarray]:
+        """What `session.run` needs: X, and the residual when the node has one."""
+        out = {x_name: x}
+        if self.residual_seed is not None:
+            out[self.residual_name] = self.residual_for(x)
+        return out
+
+    def model(self, node_name: str = "tc", opset: int = tf.OPSET_VERSION) -> onnx.ModelProto:
         names, inits = self.wire("X")
-        return make_model(names, inits, self.attrs.to_onnx(), node_name=node_name)
+        return make_model(names, inits, self.attrs.to_onnx(), node_name=node_name, graph_inputs=self.graph_inputs(),
+                          opset=opset)
 
     def reference(self, x: np.ndarray) -> np.ndarray:
-        return ternary_conv(x, *self.input_arrays(), attrs=self.attrs)
+        return ternary_conv(x, *self.input_arrays(), residual=self.residual_for(x), attrs=self.attrs)
 
     def torch(self, x: np.ndarray) -> np.ndarray:
         """The same function from torch.nn.functional.conv2d on the decoded weight."""
@@ -108,6 +146,10 @@ class Node:
         xt = torch.from_numpy(x)
         if self.in_channels is not None:
             xt = xt[:, torch.from_numpy(self.in_channels.astype(np.int64))]
+        if self.in_scale is not None:  # the input affine acts before the zero padding
+            xt = xt * torch.from_numpy(self.in_scale).view(1, -1, 1, 1)
+        if self.in_bias is not None:
+            xt = xt + torch.from_numpy(self.in_bias).view(1, -1, 1, 1)
         top, left, bottom, right = a.pads
         xt = F.pad(xt, (left, right, top, bottom))
         z = F.conv2d(xt, w, stride=a.strides, dilation=a.dilations, groups=a.group)
@@ -118,6 +160,8 @@ class Node:
             full = full * torch.from_numpy(self.scale.astype(np.float32)).view(1, -1, 1, 1)
         if self.bias is not None:
             full = full + torch.from_numpy(self.bias.astype(np.float32)).view(1, -1, 1, 1)
+        if self.residual_seed is not None:
+            full = full + torch.from_numpy(self.residual_for(x))
         if a.activation == "Relu":
             full = torch.relu(full)
         return full.numpy()
@@ -141,8 +185,14 @@ def random_node(
     relu: bool = False,
     x_channels: int | None = None,
     centroids: tuple[float, float] | None = None,
+    in_affine: bool = False,
+    in_scale: bool | None = None,
+    in_bias: bool | None = None,
+    residual: bool = False,
     prefix: str = "",
 ) -> Node:
+    """A random valid node. ``affine``: scale and bias (or each alone); ``in_affine``: in_scale and
+    in_bias (or each alone; format version 2); ``residual``: a residual graph input (version 2)."""
     shape = (m_stored, cin_per_group, *k)
     nz = rng.random(shape) >= sparsity
     codes = np.where(nz, rng.choice([-1, 1], size=shape), 0)
@@ -168,6 +218,12 @@ def random_node(
         node.in_channels = rng.permutation(x_channels)[:n_stored].astype(np.int32)
     if m_out_v != m_stored:
         node.out_channels = rng.permutation(m_out_v)[:m_stored].astype(np.int32)
+    if in_scale if in_scale is not None else in_affine:  # BN scales of either sign
+        node.in_scale = (rng.uniform(0.5, 2.0, n_stored) * rng.choice([-1.0, 1.0], n_stored)).astype(np.float32)
+    if in_bias if in_bias is not None else in_affine:  # clearly non-zero: the zero padding must stay 0
+        node.in_bias = (rng.uniform(0.5, 2.0, n_stored) * rng.choice([-1.0, 1.0], n_stored)).astype(np.float32)
+    if residual:
+        node.residual_seed = int(rng.integers(2**31))
     return node
 
 
@@ -232,6 +288,67 @@ CASES = {
         ),
         (2, 32, 20, 20),
     ),
+    # format version 2: in_scale / in_bias (before the zero padding) and residual (before the activation)
+    "v2_in_affine_pads": (
+        lambda r: random_node(r, 7, 5, (3, 3), pads=(1, 1, 1, 1), in_affine=True), (1, 5, 9, 9)
+    ),
+    "v2_in_affine_stride2_batch3_relu": (
+        lambda r: random_node(r, 8, 6, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), affine=True, relu=True,
+                              in_affine=True),
+        (3, 6, 12, 10),
+    ),
+    "v2_in_scale_only_asym_pads_dilation": (
+        lambda r: random_node(r, 5, 3, (3, 3), strides=(1, 2), pads=(0, 2, 1, 0), dilations=(2, 1), in_scale=True),
+        (2, 3, 11, 11),
+    ),
+    "v2_in_bias_only_kernel_1x1": (lambda r: random_node(r, 9, 13, (1, 1), in_bias=True), (2, 13, 7, 7)),
+    "v2_in_affine_in_channels_map": (
+        lambda r: random_node(r, 7, 6, (3, 3), pads=(1, 1, 1, 1), x_channels=9, affine=True, in_affine=True),
+        (2, 9, 7, 7),
+    ),
+    "v2_residual_only": (
+        lambda r: random_node(r, 6, 4, (3, 3), pads=(1, 1, 1, 1), residual=True), (2, 4, 6, 6)
+    ),
+    "v2_residual_relu_stride2_batch3": (
+        lambda r: random_node(r, 8, 6, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), affine=True, relu=True,
+                              residual=True),
+        (3, 6, 12, 10),
+    ),
+    "v2_residual_dead_channels_relu": (
+        lambda r: random_node(r, 6, 5, (3, 3), pads=(1, 1, 1, 1), m_out=11, affine=True, relu=True, residual=True),
+        (2, 5, 8, 8),
+    ),
+    "v2_residual_sparsity_100_bias_relu": (
+        lambda r: random_node(r, 6, 4, (3, 3), sparsity=1.0, pads=(1, 1, 1, 1), bias=True, relu=True,
+                              residual=True),
+        (2, 4, 6, 6),
+    ),
+    "v2_all_inputs_maps_stride2": (
+        lambda r: random_node(r, 5, 4, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), x_channels=7, m_out=8,
+                              affine=True, relu=True, in_affine=True, residual=True),
+        (3, 7, 9, 9),
+    ),
+    "v2_all_inputs_group_2": (
+        lambda r: random_node(r, 6, 2, (3, 3), group=2, pads=(1, 1, 1, 1), affine=True, relu=True, in_affine=True,
+                              residual=True),
+        (2, 4, 7, 7),
+    ),
+    "v2_all_inputs_depthwise_dead_channels": (
+        lambda r: random_node(r, 4, 1, (3, 3), group=4, strides=(2, 2), pads=(1, 1, 1, 1), m_out=7, affine=True,
+                              in_affine=True, residual=True),
+        (2, 4, 9, 9),
+    ),
+    "v2_all_inputs_tiled_plane_wide": (
+        lambda r: random_node(r, 3, 2, (3, 3), pads=(1, 1, 1, 1), in_affine=True, residual=True, relu=True),
+        (1, 2, 3, 2500),
+    ),
+    "v2_parallel_large": (
+        lambda r: random_node(
+            r, 48, 32, (3, 3), pads=(1, 1, 1, 1), sparsity=0.7, x_channels=40, m_out=52, affine=True, relu=True,
+            in_affine=True, residual=True,
+        ),
+        (2, 40, 20, 20),
+    ),
 }
 
 
@@ -243,37 +360,49 @@ def test_matches_reference_and_torch(ops_library, case, threads):
     node = factory(rng)
     x = rng.standard_normal(x_shape).astype(np.float32)
     session = create_session(node.model().SerializeToString(), threads=threads)
-    (y,) = session.run(None, {"X": x})
+    (y,) = session.run(None, node.feeds(x))
     assert y.dtype == np.float32
     assert_close(y, node.reference(x), f"{case}: library vs numpy reference")
     assert_close(y, node.torch(x), f"{case}: library vs torch conv2d")
-    (y2,) = session.run(None, {"X": x})  # a session runs repeatedly, same result
+    (y2,) = session.run(None, node.feeds(x))  # a session runs repeatedly, same result
     np.testing.assert_array_equal(y, y2)
 
 
-@pytest.mark.parametrize("case", ["parallel_large", "stride2_batch3", "depthwise"])
+@pytest.mark.parametrize(
+    "case", ["parallel_large", "stride2_batch3", "depthwise", "v2_parallel_large", "v2_all_inputs_maps_stride2"]
+)
 def test_thread_count_does_not_change_result(ops_library, case):
     rng = np.random.default_rng(7)
     factory, x_shape = CASES[case]
     node = factory(rng)
     x = rng.standard_normal(x_shape).astype(np.float32)
     model = node.model().SerializeToString()
-    outs = [create_session(model, threads=t).run(None, {"X": x})[0] for t in (1, 2, 3)]
+    outs = [create_session(model, threads=t).run(None, node.feeds(x))[0] for t in (1, 2, 3)]
     np.testing.assert_array_equal(outs[0], outs[1])  # each output element is computed by one thread
     np.testing.assert_array_equal(outs[0], outs[2])
 
 
-def test_concurrent_runs_on_one_session(ops_library):
+@pytest.mark.parametrize("case", ["parallel_large", "v2_parallel_large"])
+def test_concurrent_runs_on_one_session(ops_library, case):
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng(11)
-    factory, x_shape = CASES["parallel_large"]
+    factory, x_shape = CASES[case]
     node = factory(rng)
     session = create_session(node.model().SerializeToString(), threads=2)
     xs = [rng.standard_normal(x_shape).astype(np.float32) for _ in range(6)]
-    expected = [session.run(None, {"X": x})[0] for x in xs]
+    if node.residual_seed is not None:  # a different residual with every X
+        feeds = [{**node.feeds(x), node.residual_name: rng.standard_normal(node.residual_for(x).shape)
+                  .astype(np.float32)} for x in xs]
+    else:
+        feeds = [node.feeds(x) for x in xs]
+    expected = [session.run(None, f)[0] for f in feeds]
+    for f, y in zip(feeds, expected, strict=True):
+        r = f.get(node.residual_name)
+        ref = ternary_conv(f["X"], *node.input_arrays(), residual=r, attrs=node.attrs)
+        assert_close(y, ref, f"{case}: library vs reference")
     with ThreadPoolExecutor(3) as pool:
-        got = list(pool.map(lambda x: session.run(None, {"X": x})[0], xs * 2))
+        got = list(pool.map(lambda f: session.run(None, f)[0], feeds * 2))
     for i, y in enumerate(got):
         np.testing.assert_array_equal(y, expected[i % len(xs)])
 
@@ -294,21 +423,22 @@ def test_every_float16_value_decodes_like_numpy(ops_library):
     np.testing.assert_array_equal(y.reshape(-1), expected)  # NaNs compare equal here
 
 
-def test_empty_batch(ops_library):
-    node = random_node(np.random.default_rng(1), 4, 3, (3, 3), pads=(1, 1, 1, 1))
-    (y,) = create_session(node.model().SerializeToString()).run(
-        None, {"X": np.zeros((0, 3, 5, 5), np.float32)}
-    )
+@pytest.mark.parametrize("v2", [False, True])
+def test_empty_batch(ops_library, v2):
+    node = random_node(np.random.default_rng(1), 4, 3, (3, 3), pads=(1, 1, 1, 1), in_affine=v2, residual=v2)
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    (y,) = create_session(node.model().SerializeToString()).run(None, node.feeds(x))
     assert y.shape == (0, 4, 5, 5)
 
 
-def test_constant_node_inputs(ops_library):
-    """Inputs 1..7 may come from Constant nodes: onnxruntime turns them into initializers."""
+@pytest.mark.parametrize("v2", [False, True])
+def test_constant_node_inputs(ops_library, v2):
+    """Inputs 1..9 may come from Constant nodes: onnxruntime turns them into initializers."""
     import onnxruntime as ort
 
-    node = random_node(np.random.default_rng(5), 4, 3, (3, 3), pads=(1, 1, 1, 1), bias=True)
+    node = random_node(np.random.default_rng(5), 4, 3, (3, 3), pads=(1, 1, 1, 1), bias=True, in_affine=v2)
     model = node.model()
-    for name in ("mask", "bias"):
+    for name in ("mask", "bias", *(("in_scale", "in_bias") if v2 else ())):
         (init,) = [i for i in model.graph.initializer if i.name == name]
         model.graph.initializer.remove(init)
         model.graph.node.insert(0, helper.make_node("Constant", [], [name], value=init))
@@ -316,6 +446,77 @@ def test_constant_node_inputs(ops_library):
     for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
         session = create_session(model.SerializeToString(), graph_optimization_level=level)
         assert_close(session.run(None, {"X": x})[0], node.reference(x), f"Constant inputs, {level}")
+
+
+def test_version_1_model_runs_as_before(ops_library):
+    """A node with inputs 0..7 computes the same in a model importing micronet opset 1 and opset 2."""
+    rng = np.random.default_rng(21)
+    node = random_node(rng, 6, 5, (3, 3), pads=(1, 1, 1, 1), x_channels=7, m_out=9, affine=True, relu=True)
+    x = rng.standard_normal((2, 7, 8, 8)).astype(np.float32)
+    y1 = create_session(node.model(opset=1).SerializeToString(), threads=1).run(None, {"X": x})[0]
+    y2 = create_session(node.model(opset=2).SerializeToString(), threads=1).run(None, {"X": x})[0]
+    assert_close(y1, node.reference(x), "opset 1 vs reference")
+    np.testing.assert_array_equal(y1, y2)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_dead_channels_with_residual_follow_the_residual(ops_library, relu):
+    """An output channel with no stored row is act(bias + residual): no longer a constant plane, and in
+    float32 exactly the one rounding of bias + residual (then the activation)."""
+    rng = np.random.default_rng(31 + relu)
+    node = random_node(rng, 4, 3, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), m_out=9, affine=True, relu=relu,
+                       in_affine=True, residual=True)
+    x = rng.standard_normal((3, 3, 10, 10)).astype(np.float32)
+    (y,) = create_session(node.model().SerializeToString(), threads=2).run(None, node.feeds(x))
+    assert_close(y, node.reference(x), "library vs reference")
+    dead = np.setdiff1d(np.arange(9), node.out_channels)
+    r = node.residual_for(x)
+    expected = node.bias.astype(np.float32)[dead].reshape(1, -1, 1, 1) + r[:, dead]
+    if relu:
+        expected = np.maximum(expected, 0)
+    np.testing.assert_array_equal(y[:, dead], expected)
+    assert np.ptp(y[:, dead], axis=(2, 3)).max() > 0  # not a constant plane
+
+
+def test_residual_from_the_graph(ops_library):
+    """A MicroNet-like block: the residual is another node's output (here X itself and a 1x1 Conv)."""
+    rng = np.random.default_rng(41)
+    c1 = random_node(rng, 8, 6, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), m_out=10, affine=True, relu=True,
+                     in_affine=True, prefix="c1_")
+    c2 = random_node(rng, 9, 8, (3, 3), pads=(1, 1, 1, 1), x_channels=10, affine=True, prefix="c2_")
+    c3 = random_node(rng, 9, 9, (3, 3), pads=(1, 1, 1, 1), affine=True, relu=True, in_affine=True, prefix="c3_")
+    n1, i1 = c1.wire("X")
+    n2, i2 = c2.wire("h")
+    n3, i3 = c3.wire("b1")
+    n2 += [""] * (tf.IN_RESIDUAL - len(n2)) + ["sc"]  # block 1: residual = the shortcut conv's output
+    n3 += [""] * (tf.IN_RESIDUAL - len(n3)) + ["b1"]  # block 2: residual = its own X
+    w_sc = rng.standard_normal((9, 6, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node(tf.OP_TYPE, n1, ["h"], domain=tf.DOMAIN, name="c1", **c1.attrs.to_onnx()),
+        helper.make_node("Conv", ["X", "w_sc"], ["sc"], name="shortcut", strides=[2, 2]),
+        helper.make_node(tf.OP_TYPE, n2, ["b1"], domain=tf.DOMAIN, name="c2", **c2.attrs.to_onnx()),
+        helper.make_node(tf.OP_TYPE, n3, ["Y"], domain=tf.DOMAIN, name="c3", **c3.attrs.to_onnx()),
+    ]
+    inits = {**i1, **i2, **i3, "w_sc": w_sc}
+    graph = helper.make_graph(
+        nodes,
+        "blocks",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["B", 6, "H", "W"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(tf.DOMAIN, 2)], ir_version=8
+    )
+    x = rng.standard_normal((2, 6, 12, 12)).astype(np.float32)
+    (ref,) = reference_evaluator(model).run(None, {"X": x})
+    sc = F.conv2d(torch.from_numpy(x), torch.from_numpy(w_sc), stride=2).numpy()
+    b1 = ternary_conv(c1.reference(x), *c2.input_arrays(), residual=sc, attrs=c2.attrs)
+    manual = ternary_conv(b1, *c3.input_arrays(), residual=b1, attrs=c3.attrs)
+    assert_close(ref, manual, "onnx.reference vs chained numpy reference")
+    for threads in (1, 2):
+        (y,) = create_session(model.SerializeToString(), threads=threads).run(None, {"X": x})
+        assert_close(y, manual, f"blocks, {threads} threads")
 
 
 def test_chained_with_standard_ops(ops_library, tmp_path):

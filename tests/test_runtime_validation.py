@@ -128,14 +128,55 @@ def test_env_var_and_session_kwargs(ops_library, monkeypatch):
         runtime.create_session(node.model().SerializeToString(), no_such_option=1)
 
 
-def test_unsupported_format_version_is_rejected(ops_library, tmp_path):
+@pytest.mark.parametrize("version", [0, 3])
+def test_unsupported_format_version_is_rejected(ops_library, tmp_path, version):
     model = _plain_node().model()
-    model.opset_import[1].version = 2
-    path = tmp_path / "v2.onnx"
+    model.opset_import[1].version = version
+    path = tmp_path / f"v{version}.onnx"
     onnx.save(model, path)
     for source in (model.SerializeToString(), path):
-        with pytest.raises(tf.FormatError, match="micronet opset 2"):
+        with pytest.raises(tf.FormatError, match=f"micronet opset {version}"):
             runtime.create_session(source)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_supported_format_versions_pass_the_check(version):
+    model = _plain_node().model(opset=version)
+    runtime.check_format_version(model.SerializeToString())  # no exception
+    v2 = random_node(np.random.default_rng(0), 4, 3, (3, 3), in_affine=True, residual=True).model(opset=2)
+    runtime.check_format_version(v2.SerializeToString())
+
+
+@pytest.mark.parametrize("extra", ["in_scale", "in_bias", "residual", "empty_names"])
+def test_version_1_model_with_version_2_inputs_is_rejected(tmp_path, extra):
+    """A node in a model importing micronet opset 1 may have at most 8 inputs: one clear error, before
+    onnxruntime sees the model (so without the library, too)."""
+    node = random_node(np.random.default_rng(3), 4, 3, (3, 3), pads=(1, 1, 1, 1), in_scale=extra == "in_scale",
+                       in_bias=extra == "in_bias", residual=extra == "residual")
+    names, inits = node.wire("X")
+    if extra == "empty_names":
+        names += [""] * (tf.MAX_INPUTS - len(names))
+    model = make_model(names, inits, node.attrs.to_onnx(), node_name="old_tc", graph_inputs=node.graph_inputs(),
+                       opset=1)
+    assert len(model.graph.node[0].input) > tf.MAX_INPUTS_V1
+    path = tmp_path / "v1.onnx"
+    onnx.save(model, path)
+    for source in (model.SerializeToString(), path):
+        with pytest.raises(tf.FormatError, match="old_tc") as err:
+            runtime.check_format_version(source)
+        message = str(err.value)
+        assert "\n" not in message and "opset 1" in message and f"at most {tf.MAX_INPUTS_V1}" in message
+    # the same node is valid in a version-2 model
+    runtime.check_format_version(make_model(names, inits, node.attrs.to_onnx(), graph_inputs=node.graph_inputs(),
+                                            opset=2).SerializeToString())
+
+
+def test_create_session_rejects_version_1_model_with_version_2_inputs(ops_library):
+    node = random_node(np.random.default_rng(4), 4, 3, (3, 3), in_affine=True)
+    names, inits = node.wire("X")
+    model = make_model(names, inits, node.attrs.to_onnx(), node_name="old_tc", opset=1)
+    with pytest.raises(tf.FormatError, match="old_tc.*opset 1"):
+        runtime.create_session(model.SerializeToString())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +200,7 @@ with open(results_path, "wb") as out:
         else:
             if case.get("x") is not None:
                 try:
-                    res["y"] = session.run(None, {"X": case["x"]})[0]
+                    res["y"] = session.run(None, {"X": case["x"], **case.get("feeds", {})})[0]
                 except Exception as exc:
                     res.update(stage="run", error=f"{type(exc).__name__}: {exc}")
         pickle.dump(res, out)
@@ -213,6 +254,13 @@ def _plain_node(seed: int = 1) -> Node:
     return random_node(np.random.default_rng(seed), 4, 3, (3, 3), pads=(1, 1, 1, 1))
 
 
+def _v2_node(seed: int = 2) -> Node:
+    """A format-version-2 node: every optional input, including in_scale / in_bias and a residual."""
+    rng = np.random.default_rng(seed)
+    return random_node(rng, 4, 3, (3, 3), pads=(1, 1, 1, 1), m_out=6, x_channels=5, affine=True, relu=True,
+                       in_affine=True, residual=True)
+
+
 def _variant(
     name: str,
     base: Node,
@@ -226,6 +274,9 @@ def _variant(
     x: np.ndarray | None = None,
     x_elem_type: int = TensorProto.FLOAT,
     x_shape: list | None = ANY_NCHW,
+    feeds: dict | None = None,
+    residual_type: tuple | None = None,
+    opset: int = tf.OPSET_VERSION,
 ) -> dict:
     names, initializers = base.wire("X")
     initializers.update(inits or {})
@@ -237,7 +288,9 @@ def _variant(
     node_attrs = {**base.attrs.to_onnx(), **(attrs or {})}
     for key in remove_attrs:
         node_attrs.pop(key, None)
-    extra = {k: initializers.pop(k) for k in graph_inputs}
+    extra = {**base.graph_inputs(), **{k: initializers.pop(k) for k in graph_inputs}}
+    if residual_type is not None:
+        extra[base.residual_name] = residual_type
     model = make_model(
         names,
         initializers,
@@ -246,8 +299,11 @@ def _variant(
         x_elem_type=x_elem_type,
         x_shape=x_shape,
         graph_inputs=extra,
+        opset=opset,
     )
-    return {"name": name, "model": model.SerializeToString(), "x": x}
+    if feeds is None and x is not None and base.residual_seed is not None:
+        feeds = {base.residual_name: base.residual_for(x)}
+    return {"name": name, "model": model.SerializeToString(), "x": x, "feeds": feeds or {}}
 
 
 def malformed_cases() -> list[tuple[dict, str, str]]:
@@ -364,6 +420,32 @@ def malformed_cases() -> list[tuple[dict, str, str]]:
     add("run", "rank", "x_rank5", base=p, x=np.zeros((1, 3, 6, 6, 1), np.float32), x_shape=None)
     add("run", "output", "output_empty", base=p, x=x_p[:, :, :1, :1], attrs={"pads": [0, 0, 0, 0]})
     add("run", "output", "output_empty_dilated", base=p, x=x_p, attrs={"dilations": [4, 1]})
+    # format version 2: in_scale / in_bias (constants, float32 [N_stored]) and residual (float32, Y's shape)
+    v = _v2_node()
+    x_v = np.zeros((2, 5, 6, 6), np.float32)
+    r_v = np.zeros((2, 6, 6, 6), np.float32)
+
+    def add_v2(stage, keyword, name, **kw):
+        c.append((_variant(name, v, x=x_v, **kw), stage, keyword))
+
+    add_v2("create", "in_scale", "in_scale_float16", inits={"in_scale": v.in_scale.astype(f16)})
+    add_v2("create", "in_scale", "in_scale_short", inits={"in_scale": v.in_scale[:-1]})
+    add_v2("create", "in_scale", "in_scale_rank2", inits={"in_scale": v.in_scale.reshape(1, -1)})
+    add_v2("create", "in_bias", "in_bias_float64", inits={"in_bias": v.in_bias.astype(np.float64)})
+    add_v2("create", "in_bias", "in_bias_long", inits={"in_bias": np.append(v.in_bias, np.float32(0))})
+    add_v2("create", "in_scale", "in_scale_not_constant", graph_inputs=("in_scale",),
+           feeds={"in_scale": v.in_scale, "residual": r_v})
+    add_v2("create", "in_bias", "in_bias_not_constant", graph_inputs=("in_bias",),
+           feeds={"in_bias": v.in_bias, "residual": r_v})
+    add_v2("create", "inputs", "v1_model_with_v2_inputs", opset=1)
+    add_v2("run", "residual", "residual_wrong_channels", feeds={"residual": np.zeros((2, 4, 6, 6), np.float32)})
+    add_v2("run", "residual", "residual_wrong_batch", feeds={"residual": r_v[:1]})
+    add_v2("run", "residual", "residual_wrong_hw", feeds={"residual": np.zeros((2, 6, 6, 5), np.float32)})
+    add_v2("run", "residual", "residual_rank3", feeds={"residual": np.zeros((2, 6, 36), np.float32)},
+           residual_type=(np.dtype(np.float32), None))
+    # a float64 residual: onnxruntime's type check at session creation, or the kernel's at run time
+    add_v2("create|run", "residual", "residual_double", feeds={"residual": r_v.astype(np.float64)},
+           residual_type=(np.dtype(np.float64), ["B", "M", "OH", "OW"]))
     return c
 
 
@@ -374,7 +456,7 @@ def test_malformed_nodes_fail_with_the_node_name(ops_library, tmp_path):
     for case, stage, keyword in cases:
         res = results[case["name"]]
         node = f"bad_{case['name']}"
-        if res["stage"] != stage:
+        if res["stage"] not in stage.split("|"):
             problems.append(f"{case['name']}: expected a {stage} error, got {res['stage']}: {res['error']}")
         elif node not in res["error"] or keyword.lower() not in res["error"].lower():
             problems.append(f"{case['name']}: message lacks {node!r} or {keyword!r}: {res['error']}")
@@ -386,16 +468,18 @@ def test_malformed_nodes_fail_with_the_node_name(ops_library, tmp_path):
 
 
 def _mutate(rng: np.random.Generator, base: Node, x: np.ndarray):
-    """A randomly corrupted copy of (node inputs, attributes, x)."""
-    arrays = dict(zip(tf.INPUT_NAMES[1:], base.input_arrays(), strict=True))
+    """A randomly corrupted copy of (constant node inputs, attributes, x, residual); the residual is the
+    one that fits the uncorrupted node and x (None without one)."""
+    arrays = dict(zip(tf.INPUT_NAMES[1 : tf.IN_RESIDUAL], base.input_arrays(), strict=True))
     attrs = base.attrs.to_onnx()
     m_out = base.attrs.m_out
+    residual = base.residual_for(x)
     for _ in range(int(rng.integers(1, 3))):
         kind = rng.choice(
             [
                 "mask_bits", "sign_bits", "mask_len", "sign_len", "weight_shape", "strides", "pads",
                 "dilations", "group", "in_map", "out_map", "m_out", "activation", "x_channels", "x_hw",
-                "centroids", "scale_len",
+                "centroids", "scale_len", "in_affine_len", "in_affine_dtype", "residual_shape",
             ]
         )  # fmt: skip
         if kind in ("mask_bits", "sign_bits"):
@@ -440,35 +524,53 @@ def _mutate(rng: np.random.Generator, base: Node, x: np.ndarray):
             arrays["centroids"] = rng.standard_normal(int(rng.choice([1, 3]))).astype(np.float16)
         elif kind == "scale_len" and arrays["scale"] is not None:
             arrays["scale"] = np.append(arrays["scale"], np.float16(1.0))
-    return arrays, attrs, x
+        elif kind == "in_affine_len":
+            key = str(rng.choice(["in_scale", "in_bias"]))
+            if arrays[key] is not None:
+                arrays[key] = arrays[key][:-1] if rng.random() < 0.5 else np.append(arrays[key], np.float32(1.0))
+        elif kind == "in_affine_dtype":
+            key = str(rng.choice(["in_scale", "in_bias"]))
+            if arrays[key] is not None:
+                arrays[key] = arrays[key].astype(rng.choice([np.float16, np.float64]))
+        elif kind == "residual_shape" and residual is not None:
+            shape = list(residual.shape)
+            shape[int(rng.integers(4))] += int(rng.choice([-1, 1]))
+            residual = rng.standard_normal([max(d, 0) for d in shape]).astype(np.float32)
+    return arrays, attrs, x, residual
 
 
-def _reference_outcome(arrays: dict, attrs: dict, x: np.ndarray):
+def _reference_outcome(arrays: dict, attrs: dict, x: np.ndarray, residual: np.ndarray | None):
     try:
         conv_attrs = tf.ConvAttrs.from_onnx(attrs)
-        return ternary_conv(x, *arrays.values(), attrs=conv_attrs)
+        return ternary_conv(x, *arrays.values(), residual=residual, attrs=conv_attrs)
     except Exception as exc:  # the reference rejects it
         return exc
 
 
 def test_random_corruptions_match_reference_acceptance(ops_library, tmp_path):
     rng = np.random.default_rng(2024)
-    bases = [_sign_padded_node(3), _plain_node(4), random_node(rng, 6, 2, (3, 3), group=2, pads=(1, 1, 1, 1))]
+    bases = [
+        _sign_padded_node(3),
+        _plain_node(4),
+        random_node(rng, 6, 2, (3, 3), group=2, pads=(1, 1, 1, 1)),
+        _v2_node(5),
+    ]
     cases, expected = [], {}
-    for i in range(240):
+    for i in range(320):
         base = copy.deepcopy(bases[i % len(bases)])
         n_stored = base.attrs.weight_shape[1] * base.attrs.group
         c = n_stored if base.in_channels is None else int(base.in_channels.max()) + 1
         x0 = rng.standard_normal((2, c, 5, 5)).astype(np.float32)
-        arrays, attrs, x = _mutate(rng, base, x0)
-        names = ["X"] + [k if v is not None else "" for k, v in arrays.items()]
+        arrays, attrs, x, residual = _mutate(rng, base, x0)
+        names = ["X"] + [k if v is not None else "" for k, v in arrays.items()] + [base.residual_name]
         while names[-1] == "":
             names.pop()
         inits = {k: v for k, v in arrays.items() if v is not None}
         name = f"fuzz_{i}"
-        model = make_model(names, inits, attrs, node_name=name)
-        cases.append({"name": name, "model": model.SerializeToString(), "x": x, "threads": 1 + i % 2})
-        expected[name] = _reference_outcome(arrays, attrs, x)
+        model = make_model(names, inits, attrs, node_name=name, graph_inputs=base.graph_inputs())
+        feeds = {} if residual is None else {base.residual_name: residual}
+        cases.append({"name": name, "model": model.SerializeToString(), "x": x, "feeds": feeds, "threads": 1 + i % 2})
+        expected[name] = _reference_outcome(arrays, attrs, x, residual)
     results = run_in_child(cases, ops_library, tmp_path)
     problems, accepted = [], 0
     for name, ref in expected.items():
@@ -484,10 +586,11 @@ def test_random_corruptions_match_reference_acceptance(ops_library, tmp_path):
             accepted += 1
             np.testing.assert_allclose(res["y"], ref, rtol=1e-4, atol=1e-4, err_msg=name)
     assert not problems, "\n".join(problems)
-    assert 10 <= accepted <= len(expected) - 100  # the mutations exercise both outcomes
+    assert 10 <= accepted <= len(expected) - 130  # the mutations exercise both outcomes
 
 
 def test_test_models_are_valid_onnx():
     """The models these tests build pass the ONNX checker (which skips the custom domain)."""
     onnx.checker.check_model(_plain_node().model())
     onnx.checker.check_model(_sign_padded_node().model())
+    onnx.checker.check_model(_v2_node().model())

@@ -59,9 +59,13 @@ class Builder:
         stride: int = 1,
         pad: int = 1,
         activation: str = "",
+        in_scale: bool = False,
+        in_bias: bool = False,
+        residual: str = "",
     ) -> None:
         packed = tf.pack_ternary(codes, -0.5, 0.25)
         m = m_out or codes.shape[0]
+        n = codes.shape[1]
         ins = [
             x,
             self.init(f"{name}.mask", packed.mask),
@@ -71,6 +75,9 @@ class Builder:
             self.init(f"{name}.bias", np.full(m, 0.25, np.float16)) if bias else "",
             self.init(f"{name}.in", np.asarray(in_map, np.int32)) if in_map is not None else "",
             self.init(f"{name}.out", np.asarray(out_map, np.int32)) if out_map is not None else "",
+            self.init(f"{name}.in_scale", np.full(n, 0.5, np.float32)) if in_scale else "",
+            self.init(f"{name}.in_bias", np.full(n, -0.25, np.float32)) if in_bias else "",
+            residual,
         ]
         while ins[-1] == "":
             ins.pop()
@@ -85,7 +92,7 @@ class Builder:
             helper.make_node(tf.OP_TYPE, ins, [y], name=name, domain=tf.DOMAIN, **attrs.to_onnx())
         )
 
-    def model(self, inputs: dict[str, list], outputs: list[str]) -> onnx.ModelProto:
+    def model(self, inputs: dict[str, list], outputs: list[str], opset: int = tf.OPSET_VERSION) -> onnx.ModelProto:
         graph = helper.make_graph(
             self.nodes,
             "g",
@@ -95,7 +102,7 @@ class Builder:
         )
         return helper.make_model(
             graph,
-            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(tf.DOMAIN, tf.OPSET_VERSION)],
+            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(tf.DOMAIN, opset)],
             ir_version=8,
         )
 
@@ -111,10 +118,16 @@ def codes_all_channels(m: int, n: int, k: int = 3) -> np.ndarray:
     return c
 
 
-def one_ternary(codes: np.ndarray, c_in: int | None = None, hw: int = 6, **kw) -> onnx.ModelProto:
+def one_ternary(codes: np.ndarray, c_in: int | None = None, hw: int = 6, batch: int = 1, opset: int = tf.OPSET_VERSION,
+                **kw) -> onnx.ModelProto:
     b = Builder()
     b.ternary("t", "x", "y", codes, **kw)
-    return b.model({"x": [1, c_in or codes.shape[1], hw, hw]}, ["y"])
+    inputs = {"x": [batch, c_in or codes.shape[1], hw, hw]}
+    if kw.get("residual"):  # a graph input of the output's shape
+        stride, pad = kw.get("stride", 1), kw.get("pad", 1)
+        o = (hw + 2 * pad - codes.shape[2]) // stride + 1
+        inputs[kw["residual"]] = [batch, kw.get("m_out") or codes.shape[0], o, o]
+    return b.model(inputs, ["y"], opset=opset)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,6 +199,137 @@ def test_ternary_bias_counts_bn_half_per_effective_channel():
     assert t["params_stored"] == pytest.approx(stored_bytes / 4)
     # dense fp32: weight [4, 3, 3, 3] + folded bias [4]
     assert t["dense_fp32_params"] == 4 * 3 * 9 + 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Format version 2: in_scale / in_bias (a pre-activation BN) and residual
+# ------------------------------------------------------------------------------------------------
+
+
+def test_input_affine_counts_like_a_batchnorm_on_the_read_channels():
+    codes = codes_all_channels(4, 3)
+    codes[:, 1] = 0  # stored input channel 1 is read by no row: n_eff = 2
+    rep = score_model(one_ternary(codes, hw=6, batch=2, in_scale=True, in_bias=True))
+    t = layer(rep, "t")
+    n_stored, n_eff, k2, m, nnz = 3, 2, 9, 4, 8
+    weights = n_eff * k2 * m / 32 + nnz / 32 + 1
+    assert t["params_paper"] == pytest.approx(weights + n_eff / 2)  # a 16-bit bias per read channel, scale merged
+    assert t["params_paper_detail"]["in_bn_bias"] == n_eff / 2 and t["params_paper_detail"]["bn_bias"] == 0
+    # stored: mask, sign, centroids + in_scale and in_bias, float32 [N_stored] each
+    stored_bytes = math.ceil(108 / 8) + math.ceil(8 / 8) + 4 + 2 * 4 * n_stored
+    assert t["params_stored"] == pytest.approx(stored_bytes / 4)
+    # the dense export's BatchNormalization: four float32 vectors
+    assert t["dense_fp32_params"] == m * n_stored * k2 + 4 * n_stored
+    # ops: one mult and one add per normalised element of X (read channels only), batch 2, 6x6
+    normalised = 2 * n_eff * 6 * 6
+    assert t["ops_detail"]["bn_mult"] == pytest.approx(normalised * 16 / 32)
+    assert t["ops_detail"]["bn_add"] == pytest.approx(normalised * 32 / 32)
+    pos = 2 * 6 * 6
+    assert t["ops"] == pytest.approx(2 * pos * m * 16 / 32 + pos * m * (2 - 1) + normalised * (16 + 32) / 32)
+
+
+def test_input_affine_with_in_channels_map_uses_x_spatial_size():
+    codes = codes_all_channels(2, 3)
+    rep = score_model(one_ternary(codes, c_in=5, in_map=[4, 0, 2], hw=8, stride=2, in_scale=True))
+    t = layer(rep, "t")
+    assert t["output_shape"] == [1, 2, 4, 4]
+    assert t["params_paper_detail"]["in_bn_bias"] == 3 / 2  # in_scale alone: still the BN's bias rule
+    assert t["ops_detail"]["bn_mult"] == pytest.approx(3 * 8 * 8 * 16 / 32)  # X is 8x8, not the output
+    assert "bn_add" not in t["ops_detail"]  # no in_bias, no add
+    assert t["dense_fp32_params"] == 2 * 5 * 9 + 4 * 3
+
+
+def test_residual_counts_one_add_per_output_element():
+    codes = codes_all_channels(3, 2)
+    codes[1] = 0  # a dead row: with a residual its channel is act(bias + residual), not a constant
+    model = one_ternary(codes, hw=8, stride=2, out_map=[0, 1, 3], m_out=4, bias=True, activation="Relu",
+                        residual="r")
+    t = layer(score_model(model), "t")
+    pos, m_out, m_eff = 4 * 4, 4, 2
+    assert t["ops_detail"]["residual_add"] == pytest.approx(pos * m_out)
+    assert t["ops_detail"]["activation"] == pytest.approx(pos * m_out * 16 / 32)  # every channel now
+    assert t["ops_detail"]["bias_add"] == pytest.approx(pos * m_eff)
+    assert t["params_paper_detail"]["in_bn_bias"] == 0
+    # the residual is a run-time value: nothing stored, no parameter
+    assert t["initializers"] == ["t.mask", "t.sign", "t.centroids", "t.bias", "t.out"]
+
+
+def test_residual_of_the_wrong_shape_is_an_input_error():
+    b = Builder()
+    b.ternary("t", "x", "y", codes_all_channels(2, 3), residual="r")
+    model = b.model({"x": [1, 3, 6, 6], "r": [1, 2, 5, 6]}, ["y"])
+    with pytest.raises(ScoreInputError, match="residual") as err:
+        score_model(model)
+    assert "\n" not in str(err.value)
+
+
+def test_input_affine_of_the_wrong_dtype_is_an_input_error():
+    model = one_ternary(codes_all_channels(2, 3), in_scale=True)
+    for t in model.graph.initializer:
+        if t.name == "t.in_scale":
+            t.CopyFrom(numpy_helper.from_array(np.ones(3, np.float16), "t.in_scale"))
+    with pytest.raises(ScoreInputError, match="in_scale"):
+        score_model(model)
+
+
+@pytest.mark.parametrize("extra", ["in_scale", "residual"])
+def test_version_1_model_with_version_2_inputs_is_an_input_error(tmp_path, extra):
+    kw = {"in_scale": True} if extra == "in_scale" else {"residual": "r"}
+    model = one_ternary(codes_all_channels(2, 3), opset=1, **kw)
+    assert len(model.graph.node[0].input) > tf.MAX_INPUTS_V1
+    path = tmp_path / "v1.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ScoreInputError, match="opset 1") as err:
+        score_model(path)
+    assert "\n" not in str(err.value) and "TernaryConv 't'" in str(err.value)
+    # the same graph in a version-2 model scores
+    score_model(one_ternary(codes_all_channels(2, 3), opset=2, **kw))
+
+
+def test_cli_score_version_1_model_with_version_2_inputs_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from micronet_onnx.cli import app
+
+    path = tmp_path / "v1.onnx"
+    onnx.save(one_ternary(codes_all_channels(2, 3), opset=1, in_bias=True), path)
+    r = CliRunner().invoke(app, ["score", str(path)])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnx: error:") and "opset 1" in lines[0]
+
+
+def test_version_1_and_version_2_exports_score_the_same():
+    """The v2 export moves bn1 into conv1 and the Add into conv2: with every channel of each block input
+    read, params_paper, the ops (per category too) and the dense equivalent are unchanged; the file
+    stores bn1 as two float32 vectors instead of four."""
+    import tempfile
+    from pathlib import Path
+
+    from micronet_onnx.export import export_model
+
+    from .test_export import tiny_model
+
+    model = tiny_model(ternary=True, dead=False, zeros=0.5, seed=4)
+    reports = {}
+    with tempfile.TemporaryDirectory() as d:
+        for version in (1, 2):
+            path = Path(d) / f"v{version}.onnx"
+            export_model(model, path, ternary=True, format_version=version, check=False)
+            reports[version] = score_model(path, ScoreOptions(input_shape=(2, 3, 32, 32)))
+    r1, r2 = reports[1], reports[2]
+    conv1 = [x for x in r2["layers"] if x["name"].endswith("conv1")]
+    assert conv1 and all(x["in_channels"][0] == x["in_channels"][1] for x in conv1)  # every channel read
+    assert r2["params_paper"] == pytest.approx(r1["params_paper"], rel=1e-12)
+    assert r2["ops"] == pytest.approx(r1["ops"], rel=1e-12)
+    assert r2["mults"] == r1["mults"] and r2["adds"] == r1["adds"]
+    assert r2["ops_by_category"] == pytest.approx(r1["ops_by_category"], rel=1e-12)
+    assert r2["dense_fp32_params"] == r1["dense_fp32_params"]
+    assert {x["op_type"] for x in r1["layers"]} - {x["op_type"] for x in r2["layers"]} == {"BatchNormalization", "Add"}
+    bn1 = sum(blk.bn1.num_features for blk in model.blocks())
+    assert r1["params_stored"] - r2["params_stored"] == (4 - 2) * bn1  # 32-bit units
+    for r in (r1, r2):
+        assert r["params_stored"] * 4 == r["initializer_bytes"]
 
 
 def test_standalone_batchnorm_counts_half_per_channel():

@@ -22,6 +22,13 @@ struct RunGeometry {
   int64_t out_h = 0, out_w = 0;
 };
 
+// The tensors of one run: X, the optional residual (format v2; Y's shape, nullptr when absent) and Y.
+struct RunIO {
+  const float* x = nullptr;
+  const float* residual = nullptr;
+  float* y = nullptr;
+};
+
 // One run of an engine on one geometry. Immutable once built, so work items may run concurrently.
 class ConvRun {
  public:
@@ -34,7 +41,7 @@ class ConvRun {
   virtual double Cost() const = 0;
 
   // Computes one work item. Thread-safe, allocation-free, never throws.
-  virtual void RunWorkItem(const float* x, float* y, size_t item) const noexcept = 0;
+  virtual void RunWorkItem(const RunIO& io, size_t item) const noexcept = 0;
 };
 
 class ConvEngine {

@@ -1,8 +1,10 @@
 // The direct row-wise engine: for each (batch, output channel) it walks the decoded +/- tap lists
 // of the channel's stored row over tiles of the output plane, accumulating sum(+inputs) and
 // sum(-inputs) separately, then y = act(scale * (c_pos * sum_pos + c_neg * sum_neg) + bias).
-// Output channels without a stored row get act(scale * 0 + bias).
+// Output channels without a stored row get act(scale * 0 + bias + residual). With an input affine
+// (format v2) every input read inside the image is fma(in_scale, x, in_bias); the padding stays 0.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "ternary_conv/conv_engine.h"
@@ -61,7 +63,9 @@ class DirectRun final : public ConvRun {
 
   double Cost() const override { return cost_; }
 
-  void RunWorkItem(const float* x, float* y, size_t item) const noexcept override {
+  void RunWorkItem(const RunIO& io, size_t item) const noexcept override {
+    const float* x = io.x;
+    float* y = io.y;
     const int64_t b = static_cast<int64_t>(item) / chunks_;
     const int64_t chunk = static_cast<int64_t>(item) % chunks_;
     const int64_t o_begin = chunk * per_chunk_;
@@ -70,12 +74,14 @@ class DirectRun final : public ConvRun {
     const float* xb = x + b * g_.channels * g_.in_h * g_.in_w;
     for (int64_t o = o_begin; o < o_end; ++o) {
       float* yo = y + (b * s_.m_out + o) * plane;
+      const float* ro = io.residual != nullptr ? io.residual + (b * s_.m_out + o) * plane : nullptr;
       const int32_t r = s_.out_row[static_cast<size_t>(o)];
       if (r < 0) {
         const size_t oc = static_cast<size_t>(o);
-        std::fill(yo, yo + plane, Activate(s_.scale[oc] * 0.0f + s_.bias[oc], s_.activation));
+        const float v = s_.scale[oc] * 0.0f + s_.bias[oc];
+        for (int64_t i = 0; i < plane; ++i) yo[i] = Activate(ro != nullptr ? v + ro[i] : v, s_.activation);
       } else {
-        ComputeChannel(xb, r, o, yo);
+        ComputeChannel(xb, r, o, yo, ro);
       }
     }
   }
@@ -101,7 +107,10 @@ class DirectRun final : public ConvRun {
       for (int64_t oh = h_lo; oh < h_hi; ++oh) {
         const float* xr = xc + (oh * sh + dy) * in_w + (w_lo * sw + dx);
         float* ar = acc + (oh - oh0) * tw + (w_lo - ow0);
-        if (sw == 1) {
+        if (s_.has_in_affine) {
+          const float a = s_.in_scale[static_cast<size_t>(t->channel)], c = s_.in_bias[static_cast<size_t>(t->channel)];
+          for (int64_t j = 0; j < n; ++j) ar[j] += std::fma(a, xr[j * sw], c);
+        } else if (sw == 1) {
           for (int64_t j = 0; j < n; ++j) ar[j] += xr[j];
         } else {
           for (int64_t j = 0; j < n; ++j) ar[j] += xr[j * sw];
@@ -110,7 +119,7 @@ class DirectRun final : public ConvRun {
     }
   }
 
-  void ComputeChannel(const float* xb, int32_t r, int64_t o, float* yo) const noexcept {
+  void ComputeChannel(const float* xb, int32_t r, int64_t o, float* yo, const float* ro) const noexcept {
     float pos[kTile];
     float neg[kTile];
     const Tap* taps = s_.taps.data();
@@ -135,7 +144,15 @@ class DirectRun final : public ConvRun {
           const float* pr = pos + (oh - oh0) * tw;
           const float* nr = neg + (oh - oh0) * tw;
           float* yr = yo + oh * g_.out_w + ow0;
-          for (int64_t j = 0; j < tw; ++j) yr[j] = Activate(scale * (cp * pr[j] + cn * nr[j]) + bias, s_.activation);
+          if (ro != nullptr) {
+            const float* rr = ro + oh * g_.out_w + ow0;
+            for (int64_t j = 0; j < tw; ++j) {
+              const float t = scale * (cp * pr[j] + cn * nr[j]) + bias;
+              yr[j] = Activate(t + rr[j], s_.activation);
+            }
+          } else {
+            for (int64_t j = 0; j < tw; ++j) yr[j] = Activate(scale * (cp * pr[j] + cn * nr[j]) + bias, s_.activation);
+          }
         }
       }
     }

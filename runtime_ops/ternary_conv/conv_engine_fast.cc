@@ -54,7 +54,7 @@ constexpr int64_t kBandTarget = 256;
 constexpr double kWorkPerItem = 192.0 * 1024.0;
 constexpr int64_t kMaxItemsWanted = 2;
 // Average non-zero taps per (row, sign, kw) from which the lane-shift sparse kernel is used.
-constexpr double kLaneShiftMinTaps = 8.0;
+constexpr double kLaneShiftMinTaps = 4.0;
 
 // Density (non-zero share of the stored weight) from which `auto` uses the dense kernel. The sparse
 // kernel's cost is proportional to the non-zero taps, the dense kernel's to all taps, so they cross
@@ -199,7 +199,7 @@ class FastRun final : public ConvRun {
                                static_cast<size_t>(parts_);
   }
   double Cost() const override { return plan_->cost_per_image * static_cast<double>(g_.batch); }
-  void RunWorkItem(const float* x, float* y, size_t item) const noexcept override;
+  void RunWorkItem(const RunIO& io, size_t item) const noexcept override;
 
  private:
   const FastEngine& e_;
@@ -216,15 +216,18 @@ class FastEngine final : public ConvEngine {
   const char* Name() const override { return dense_ ? "dense" : "sparse"; }
 
   std::unique_ptr<ConvRun> Prepare(const RunGeometry& g) const override;
-  void Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t part_len, const float* x, float* y,
+  void Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t part_len, const RunIO& io,
            size_t item) const noexcept;
 
  private:
   void Decode();
+  const float* SlotAffine(int64_t slot) const {
+    return slot_affine_.empty() ? nullptr : slot_affine_.data() + 2 * slot;
+  }
   std::shared_ptr<Plan> BuildPlan(const RunGeometry& g) const;
   void FillScratch(const Plan& p, const RunGeometry& g, const float* xb, int64_t oh0, float* scratch) const noexcept;
-  void RunBand(const Plan& p, const RunGeometry& g, const float* scratch, float* y_band, int64_t rows, int64_t u0,
-               int64_t u1) const noexcept;
+  void RunBand(const Plan& p, const RunGeometry& g, const float* scratch, float* y_band, const float* r_band,
+               int64_t rows, int64_t u0, int64_t u1) const noexcept;
 
   const TernaryConvSpec& s_;
   const KernelTable* isa_;
@@ -232,6 +235,7 @@ class FastEngine final : public ConvEngine {
 
   // geometry-independent decode
   std::vector<int32_t> slot_channel_;  // slot -> X channel
+  std::vector<float> slot_affine_;     // format v2 input affine per slot: {in_scale, in_bias}; empty if none
   std::vector<int32_t> out_channel_;   // stored row -> output channel
   std::vector<int32_t> dead_;          // output channels without a stored row
   // taps as (slot, kh, kw): sparse in spec.row_start order; dense k = (kw, slot, kh) row-major
@@ -258,6 +262,12 @@ void FastEngine::Decode() {
     slot_channel_.push_back(static_cast<int32_t>(c));
   }
   const int64_t slots = static_cast<int64_t>(slot_channel_.size());
+  if (s.has_in_affine) {
+    for (int32_t c : slot_channel_) {
+      slot_affine_.push_back(s.in_scale[static_cast<size_t>(c)]);
+      slot_affine_.push_back(s.in_bias[static_cast<size_t>(c)]);
+    }
+  }
 
   out_channel_.assign(static_cast<size_t>(s.m_stored), 0);
   for (int64_t o = 0; o < s.m_out; ++o) {
@@ -558,7 +568,7 @@ void FastEngine::FillScratch(const Plan& p, const RunGeometry& g, const float* x
     for (int64_t slot = 0; slot < slots; ++slot) {
       const float* xc = xb + static_cast<int64_t>(slot_channel_[static_cast<size_t>(slot)]) * H * Wd;
       isa_->fill_plane(scratch + p.lead + slot * p.chan_stride, hi > lo ? xc + (r0 + lo) * Wd : xc, lo * OW,
-                       (hi - lo) * OW, p.plane_stride);
+                       (hi - lo) * OW, p.plane_stride, SlotAffine(slot));
     }
     return;
   }
@@ -579,7 +589,7 @@ void FastEngine::FillScratch(const Plan& p, const RunGeometry& g, const float* x
         if (lo > 0) std::memset(plane, 0, static_cast<size_t>(lo * OW) * sizeof(float));
         if (hi > lo) {
           const float* src = xc + ((r0 + lo) * sh + phr) * Wd;
-          isa_->copy_rows(plane + lo * OW, src, sh * Wd, hi - lo, OW, sw, shift, q_lo, q_hi);
+          isa_->copy_rows(plane + lo * OW, src, sh * Wd, hi - lo, OW, sw, shift, q_lo, q_hi, SlotAffine(slot));
         }
         // zero rows below X and the padding up to the next plane, in one go
         const int64_t tail_from = std::max(hi, lo) * OW;
@@ -591,14 +601,15 @@ void FastEngine::FillScratch(const Plan& p, const RunGeometry& g, const float* x
   }
 }
 
-void FastEngine::RunBand(const Plan& p, const RunGeometry& g, const float* scratch, float* y_band, int64_t rows,
-                         int64_t u0, int64_t u1) const noexcept {
+void FastEngine::RunBand(const Plan& p, const RunGeometry& g, const float* scratch, float* y_band,
+                         const float* r_band, int64_t rows, int64_t u0, int64_t u1) const noexcept {
   const TernaryConvSpec& s = s_;
   BandJob job;
   job.base = scratch;
   job.offsets = p.offsets.data();
   job.band_flat = rows * g.out_w;
   job.y_band = y_band;
+  job.r_band = r_band;
   job.y_plane = g.out_h * g.out_w;
   job.row_begin = u0;
   job.row_end = u1;
@@ -634,7 +645,7 @@ void FastEngine::RunBand(const Plan& p, const RunGeometry& g, const float* scrat
   }
 }
 
-void FastEngine::Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t part_len, const float* x, float* y,
+void FastEngine::Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t part_len, const RunIO& io,
                      size_t item) const noexcept {
   const TernaryConvSpec& s = s_;
   const int64_t per_image = p.num_bands * parts;
@@ -644,28 +655,34 @@ void FastEngine::Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t
   const int64_t oh0 = band * p.band_rows;
   const int64_t rows = std::min(p.band_rows, g.out_h - oh0);
   const int64_t plane = g.out_h * g.out_w;
-  float* yb = y + b * s.m_out * plane;
-  const float* xb = x + b * g.channels * g.in_h * g.in_w;
+  float* yb = io.y + b * s.m_out * plane;
+  const float* rb = io.residual != nullptr ? io.residual + b * s.m_out * plane : nullptr;
+  const float* xb = io.x + b * g.channels * g.in_h * g.in_w;
 
   const int64_t units = dense_ ? blocks_ : s.m_stored;
   const int64_t u0 = part * part_len, u1 = std::min(units, u0 + part_len);
   if (u1 > u0) {
     alignas(64) float scratch[kMaxScratchFloats];
     FillScratch(p, g, xb, oh0, scratch);
-    RunBand(p, g, scratch, yb + oh0 * g.out_w, rows, u0, u1);
+    RunBand(p, g, scratch, yb + oh0 * g.out_w, rb != nullptr ? rb + oh0 * g.out_w : nullptr, rows, u0, u1);
   }
-  if (part == 0) {  // output channels without a stored row: the constant act(scale * 0 + bias)
+  if (part == 0) {  // output channels without a stored row: act(scale * 0 + bias (+ residual))
     for (int32_t o : dead_) {
       const size_t oc = static_cast<size_t>(o);
-      const float v = Activate(s.scale[oc] * 0.0f + s.bias[oc], s.activation);
+      const float v = s.scale[oc] * 0.0f + s.bias[oc];
       float* dst = yb + o * plane + oh0 * g.out_w;
-      std::fill(dst, dst + rows * g.out_w, v);
+      if (rb != nullptr) {
+        const float* r = rb + o * plane + oh0 * g.out_w;
+        for (int64_t i = 0; i < rows * g.out_w; ++i) dst[i] = Activate(v + r[i], s.activation);
+      } else {
+        std::fill(dst, dst + rows * g.out_w, Activate(v, s.activation));
+      }
     }
   }
 }
 
-void FastRun::RunWorkItem(const float* x, float* y, size_t item) const noexcept {
-  e_.Run(*plan_, g_, parts_, part_len_, x, y, item);
+void FastRun::RunWorkItem(const RunIO& io, size_t item) const noexcept {
+  e_.Run(*plan_, g_, parts_, part_len_, io, item);
 }
 
 const char* AlgoName(Algo a) {

@@ -35,6 +35,7 @@ struct BandJob {
   const int32_t* offsets = nullptr;  // tap offsets for this base, in the weights' tap order
   int64_t band_flat = 0;             // outputs of the band: rows_in_band * OW
   float* y_band = nullptr;           // Y + (b * M_out) * OH * OW + oh0 * OW: channel 0 of the band
+  const float* r_band = nullptr;     // the residual at the same place as y_band (format v2), or nullptr
   int64_t y_plane = 0;               // OH * OW
   int64_t row_begin = 0, row_end = 0;
   int64_t groups = 1;                     // tap groups per sign (kw groups, or 1)
@@ -85,11 +86,12 @@ struct KernelTable {
   void (*sparse_band)(const SparseWeights& w, const BandJob& job);
   void (*dense_band)(const DenseWeights& w, const BandJob& job);
   // Fills `rows` plane rows of pitch `ow`: dst[j * ow + q] = src[j * src_stride + q * step + shift] for
-  // q in [q_lo, q_hi), 0 elsewhere (src is only read there).
+  // q in [q_lo, q_hi), 0 elsewhere (src is only read there). With `affine` = {a, c} (the input affine
+  // of format v2) the copied values are fma(a, src, c); the zeros stay zeros.
   void (*copy_rows)(float* dst, const float* src, int64_t src_stride, int64_t rows, int64_t ow, int64_t step,
-                    int64_t shift, int64_t q_lo, int64_t q_hi);
-  // dst[0, before) = 0, dst[before, before + n) = src[0, n), dst[before + n, total) = 0
-  void (*fill_plane)(float* dst, const float* src, int64_t before, int64_t n, int64_t total);
+                    int64_t shift, int64_t q_lo, int64_t q_hi, const float* affine);
+  // dst[0, before) = 0, dst[before, before + n) = src[0, n) (or fma(a, src, c)), dst[before + n, total) = 0
+  void (*fill_plane)(float* dst, const float* src, int64_t before, int64_t n, int64_t total, const float* affine);
 };
 
 const KernelTable* PortableKernels();

@@ -31,6 +31,7 @@ struct Kernel {
   std::string label;  // "TernaryConv node 'name'", the prefix of every error message
   TernaryConvSpec spec;
   std::unique_ptr<ConvEngine> engine;
+  bool has_residual = false;  // input 10 (format v2) is given: checked and read at each run
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -202,7 +203,8 @@ std::string ReadNode(const OrtApi* api, const OrtKernelInfo* info, Kernel* kerne
     return "cannot read the node's inputs";
   }
   if (num_inputs < static_cast<size_t>(tf::kNumRequiredInputs) || num_inputs > static_cast<size_t>(tf::kMaxInputs)) {
-    return "has " + std::to_string(num_inputs) + " inputs, expected 4 to 8";
+    return "has " + std::to_string(num_inputs) + " inputs, expected " + std::to_string(tf::kNumRequiredInputs) +
+           " to " + std::to_string(tf::kMaxInputs);
   }
   if (num_outputs != 1) return "has " + std::to_string(num_outputs) + " outputs, expected 1";
 
@@ -229,7 +231,14 @@ std::string ReadNode(const OrtApi* api, const OrtKernelInfo* info, Kernel* kerne
 
   ConstTensor tensors[tf::kMaxInputs];
   const ConstTensor* present[tf::kMaxInputs] = {};
+  if (num_inputs > static_cast<size_t>(tf::kInResidual)) {
+    std::string residual_name;
+    ReadString(api, [&](char* out, size_t* size) { return api->KernelInfo_GetInputName(info, tf::kInResidual, out, size); },
+               &residual_name);
+    kernel->has_residual = !residual_name.empty();
+  }
   for (int i = tf::kInMask; i < tf::kMaxInputs; ++i) {
+    if (i == tf::kInResidual) continue;  // a run-time value, not a constant
     const char* what = tf::kInputNames[i];
     std::string value_name;
     if (static_cast<size_t>(i) < num_inputs) {
@@ -288,13 +297,12 @@ OrtStatusPtr ORT_API_CALL CreateKernelV2(const OrtCustomOp*, const OrtApi* api, 
 
 struct ParallelJob {
   const ConvRun* run;
-  const float* x;
-  float* y;
+  RunIO io;
 };
 
 void ORT_API_CALL RunJobItem(void* data, size_t item) {
   const ParallelJob* job = static_cast<const ParallelJob*>(data);
-  job->run->RunWorkItem(job->x, job->y, item);
+  job->run->RunWorkItem(job->io, item);
 }
 
 // Checked a * b for non-negative values.
@@ -354,6 +362,27 @@ std::string Compute(const Kernel& k, OrtKernelContext* context) {
     StatusGuard st(api, api->KernelContext_GetOutput(context, 0, y_dims, 4, &y_value));
     if (!st.ok() || y_value == nullptr) return "cannot allocate the output: " + st.message();
   }
+  const float* residual = nullptr;
+  if (k.has_residual) {
+    const OrtValue* r_value = nullptr;
+    if (num_inputs <= static_cast<size_t>(tf::kInResidual) ||
+        !StatusGuard(api, api->KernelContext_GetInput(context, tf::kInResidual, &r_value)).ok() || r_value == nullptr) {
+      return "input residual is missing";
+    }
+    ConstTensor r;
+    err = ViewTensor(api, r_value, "residual", &r);
+    if (!err.empty()) return err;
+    if (r.dtype != tf::kFloatDtype) return "residual must be float32, got " + DTypeName(r.dtype);
+    if (r.shape.size() != 4 || r.shape[0] != y_dims[0] || r.shape[1] != y_dims[1] || r.shape[2] != y_dims[2] ||
+        r.shape[3] != y_dims[3]) {
+      std::string shape;
+      for (size_t i = 0; i < r.shape.size(); ++i) shape += (i ? ", " : "") + std::to_string(r.shape[i]);
+      return "residual must have Y's shape [" + std::to_string(y_dims[0]) + ", " + std::to_string(y_dims[1]) + ", " +
+             std::to_string(y_dims[2]) + ", " + std::to_string(y_dims[3]) + "], got [" + shape + "]";
+    }
+    if (total > 0 && r.data == nullptr) return "residual has no data";
+    residual = static_cast<const float*>(r.data);
+  }
   if (total == 0) return {};
   void* y_data = nullptr;
   {
@@ -363,7 +392,7 @@ std::string Compute(const Kernel& k, OrtKernelContext* context) {
   if (x.data == nullptr) return "X has no data";
 
   const std::unique_ptr<ConvRun> run = k.engine->Prepare(g);
-  ParallelJob job{run.get(), static_cast<const float*>(x.data), static_cast<float*>(y_data)};
+  ParallelJob job{run.get(), RunIO{static_cast<const float*>(x.data), residual, static_cast<float*>(y_data)}};
   const size_t items = run->NumWorkItems();
   if (items > 1 && run->Cost() >= kMinParallelCost && api->KernelContext_ParallelFor != nullptr) {
     OrtStatus* st = api->KernelContext_ParallelFor(context, RunJobItem, items, 0, &job);
@@ -430,9 +459,11 @@ OrtCustomOpInputOutputCharacteristic ORT_API_CALL GetOutputCharacteristic(const 
 OrtMemType ORT_API_CALL GetInputMemoryType(const OrtCustomOp*, size_t) noexcept { return OrtMemTypeDefault; }
 int ORT_API_CALL GetVariadicMinArity(const OrtCustomOp*) noexcept { return 1; }
 int ORT_API_CALL GetVariadicHomogeneity(const OrtCustomOp*) noexcept { return 0; }
-// The kernel implements exactly domain opset version 1 (the format version); a model importing
-// another version finds no kernel and fails at session creation.
-int ORT_API_CALL GetStartVersion(const OrtCustomOp*) noexcept { return tf::kOpsetVersion; }
+// The kernel implements domain opset versions 1..kOpsetVersion (the format versions); a model
+// importing another version finds no kernel and fails at session creation. Version 1 is the subset
+// without inputs 8..10; the kernel cannot see a node's opset version, so the "no inputs past 7 in a
+// version-1 model" rule is checked by micronet_onnx.runtime.check_format_version.
+int ORT_API_CALL GetStartVersion(const OrtCustomOp*) noexcept { return tf::kSupportedOpsetVersions[0]; }
 int ORT_API_CALL GetEndVersion(const OrtCustomOp*) noexcept { return tf::kOpsetVersion; }
 
 OrtCustomOp MakeOp() {

@@ -6,7 +6,7 @@
 namespace micronet {
 namespace ternary_conv {
 
-// A static OrtCustomOp describing TernaryConv (domain opset 1 only), valid for the process lifetime.
+// A static OrtCustomOp describing TernaryConv (domain opsets 1 and 2), valid for the process lifetime.
 const OrtCustomOp* TernaryConvCustomOp();
 
 }  // namespace ternary_conv

@@ -124,7 +124,8 @@ std::string CheckChannelMap(const ConstTensor& t, const char* name, uint64_t len
 
 }  // namespace
 
-std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[8], TernaryConvSpec* spec) {
+std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[tf::kMaxInputs],
+                      TernaryConvSpec* spec) {
   const int64_t kMax = tf::kMaxAttributeValue;
   const std::string range_note = " (each at most " + std::to_string(kMax) + ")";
 
@@ -228,6 +229,28 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
                           "N_stored = weight_shape[1] * group", &in_map);
     if (!err.empty()) return err;
     spec->max_in_channel = in_map.empty() ? -1 : *std::max_element(in_map.begin(), in_map.end());
+  }
+
+  // in_scale / in_bias: per stored input channel; kept per channel of X (the taps' channel index)
+  spec->has_in_affine = inputs[tf::kInInScale] != nullptr || inputs[tf::kInInBias] != nullptr;
+  if (spec->has_in_affine) {
+    const int64_t x_len = spec->has_in_channels ? spec->max_in_channel + 1 : n_stored;
+    spec->in_scale.assign(static_cast<size_t>(x_len), 1.0f);
+    spec->in_bias.assign(static_cast<size_t>(x_len), 0.0f);
+    const char* in_names[2] = {"in_scale", "in_bias"};
+    std::vector<float>* in_out[2] = {&spec->in_scale, &spec->in_bias};
+    for (int k = 0; k < 2; ++k) {
+      const ConstTensor* t = inputs[tf::kInInScale + k];
+      if (t == nullptr) continue;
+      err = CheckVector(*t, in_names[k], tf::kInAffineDtype, static_cast<uint64_t>(n_stored),
+                        "N_stored = weight_shape[1] * group");
+      if (!err.empty()) return err;
+      const float* v = static_cast<const float*>(t->data);
+      for (int64_t c = 0; c < n_stored; ++c) {
+        const int64_t xc = spec->has_in_channels ? in_map[static_cast<size_t>(c)] : c;
+        (*in_out[k])[static_cast<size_t>(xc)] = v[c];
+      }
+    }
   }
 
   spec->out_row.assign(static_cast<size_t>(m_out), -1);

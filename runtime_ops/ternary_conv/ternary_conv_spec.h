@@ -62,6 +62,11 @@ struct TernaryConvSpec {
   bool has_in_channels = false;
   int64_t max_in_channel = -1;
 
+  // Input affine (format v2 in_scale / in_bias), indexed by channel of X: X[:, c] is read as
+  // in_scale[c] * X[:, c] + in_bias[c] inside the image (the zero padding stays 0). Empty when absent.
+  bool has_in_affine = false;
+  std::vector<float> in_scale, in_bias;
+
   // Decoded weight. For stored row r, the positive taps are taps[row_start[2r] .. row_start[2r+1])
   // and the negative taps taps[row_start[2r+1] .. row_start[2r+2]), in row-major (c, kh, kw) order.
   std::vector<Tap> taps;
@@ -72,10 +77,10 @@ struct TernaryConvSpec {
   std::vector<int32_t> out_row;
 };
 
-// Validates the attributes and constant inputs (index 1..7 of `inputs`; nullptr = absent optional
-// input) and fills `spec`. Returns an empty string on success, else a one-line reason.
-// Never reads outside the given tensors; may throw std::bad_alloc.
-std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[8], TernaryConvSpec* spec);
+// Validates the attributes and constant inputs (index 1..9 of `inputs`; nullptr = absent optional
+// input; index 0 and 10 are run-time values and ignored) and fills `spec`. Returns an empty string
+// on success, else a one-line reason. Never reads outside the given tensors; may throw std::bad_alloc.
+std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[11], TernaryConvSpec* spec);
 
 float HalfToFloat(uint16_t h);
 

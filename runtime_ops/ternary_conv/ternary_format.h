@@ -13,10 +13,10 @@ namespace micronet {
 namespace ternary_format {
 
 constexpr const char* kDomain = "micronet";
-constexpr int kOpsetVersion = 1;  // the domain's opset version is the format version
+constexpr int kOpsetVersion = 2;  // the domain's opset version is the format version (writers emit this one)
 constexpr const char* kOpType = "TernaryConv";
 
-// Input positions: 0..3 are required, 4..7 optional (absent or empty names).
+// Input positions: 0..3 are required, the rest optional (absent or empty names); 8..10 since opset 2.
 constexpr int kInX = 0;
 constexpr int kInMask = 1;
 constexpr int kInSign = 2;
@@ -25,9 +25,13 @@ constexpr int kInScale = 4;
 constexpr int kInBias = 5;
 constexpr int kInInChannels = 6;
 constexpr int kInOutChannels = 7;
+constexpr int kInInScale = 8;
+constexpr int kInInBias = 9;
+constexpr int kInResidual = 10;  // the only optional input that is not a constant
 constexpr int kNumRequiredInputs = 4;
-constexpr int kMaxInputs = 8;
-constexpr const char* kInputNames[kMaxInputs] = {"X", "mask", "sign", "centroids", "scale", "bias", "in_channels", "out_channels"};
+constexpr int kMaxInputs = 11;
+constexpr int kMaxInputsV1 = 8;  // inputs a version-1 node may have
+constexpr const char* kInputNames[kMaxInputs] = {"X", "mask", "sign", "centroids", "scale", "bias", "in_channels", "out_channels", "in_scale", "in_bias", "residual"};
 
 // Attribute names.
 constexpr const char* kAttrWeightShape = "weight_shape";
@@ -44,7 +48,7 @@ constexpr const char* kActivationNone = "";
 constexpr const char* kActivationRelu = "Relu";
 
 // Opset versions of the domain this library reads.
-constexpr int kSupportedOpsetVersions[1] = {1};
+constexpr int kSupportedOpsetVersions[2] = {1, 2};
 
 // Element types (ONNX TensorProto.DataType codes).
 constexpr int kFloatDtype = 1;  // X and Y: float32
@@ -52,6 +56,7 @@ constexpr int kMaskDtype = 2;  // uint8
 constexpr int kSignDtype = 2;  // uint8
 constexpr int kCentroidDtype = 10;  // float16
 constexpr int kAffineDtype = 10;  // float16: scale and bias
+constexpr int kInAffineDtype = 1;  // float32: in_scale and in_bias
 constexpr int kChannelMapDtype = 6;  // int32: in_channels and out_channels
 
 // Bit layout: least significant bit first within each byte (numpy bitorder="little").
