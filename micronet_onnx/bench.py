@@ -290,10 +290,20 @@ def _calibrate(fn: Callable[[], object], min_seconds: float) -> int:
     return max(1, min(1000, math.ceil(min_seconds / dt)))
 
 
+# Pause before each timed measurement. onnxruntime's intra-op workers (and numpy's BLAS threads)
+# keep spinning for a while after their last task; without the pause the contestant measured right
+# after another one shares the cores with those spinning threads. Measured on the 2-core VM
+# (MicroNet-C100, batch 1, 2 threads, one process): 0 s gave 5.3 / 11.0 ms (ternary / dense),
+# 0.01 s 4.9 / 10.6 ms, 0.05 s 4.3 / 10.5 ms = the times of each session alone in its own process.
+SETTLE_SECONDS = 0.05
+
+
 def interleaved_times(contestants: dict[str, Callable[[], object]], repeats: int, *, warmup: int = 1,
-                      min_seconds: float = 0.05) -> dict[str, list[float]]:
+                      min_seconds: float = 0.05, settle: float = SETTLE_SECONDS) -> dict[str, list[float]]:
     """Seconds per call of each contestant: ``repeats`` rounds, each timing every contestant once
-    (a measurement of a few calls, about ``min_seconds`` long), so a noisy machine hits all alike."""
+    (a measurement of a few calls, about ``min_seconds`` long), so a noisy machine hits all alike.
+    Each measurement starts after ``settle`` seconds of idling and one untimed call, so that it
+    measures the contestant alone, as it runs when it is the only model in its process."""
     for fn in contestants.values():
         for _ in range(warmup):
             fn()
@@ -302,6 +312,9 @@ def interleaved_times(contestants: dict[str, Callable[[], object]], repeats: int
     for _ in range(repeats):
         for name, fn in contestants.items():
             n = calls[name]
+            if settle > 0:
+                time.sleep(settle)
+            fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()

@@ -169,6 +169,23 @@ CASES = {
         lambda r: random_node(r, 3, 4, (3, 3), pads=(1, 1, 1, 1), sparsity=0.3, in_affine=True, residual=True),
         (2, 4, 10, 1),
     ),
+    # complement forms (rows summed as (P, Z) or (N, Z) plus the window sum S; see PlanRows in
+    # conv_engine_fast.cc): low sparsity, with maps, dead rows, strides and every v2 input
+    "complement_sp0_maps_dead_stride2_all_inputs": (
+        lambda r: random_node(r, 10, 12, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), sparsity=0.0, x_channels=20,
+                              m_out=16, affine=True, relu=True, in_affine=True, residual=True),
+        (2, 20, 15, 15),
+    ),
+    "complement_sp20_8x8_lane_shift": (
+        lambda r: random_node(r, 24, 40, (3, 3), pads=(1, 1, 1, 1), sparsity=0.2, affine=True, in_affine=True,
+                              residual=True),
+        (1, 40, 8, 8),
+    ),
+    "complement_sp30_32x32_maps": (
+        lambda r: random_node(r, 16, 16, (3, 3), pads=(1, 1, 1, 1), sparsity=0.3, x_channels=19, m_out=20,
+                              affine=True, relu=True),
+        (2, 19, 32, 32),
+    ),
     "v2_too_large_for_scratch_in_affine": (
         lambda r: random_node(r, 3, 40, (3, 3), pads=(1, 1, 1, 1), sparsity=0.9, in_affine=True, residual=True),
         (1, 40, 3, 1500),
@@ -248,19 +265,48 @@ def _logged_choice(capfd, model: bytes) -> list[str]:
     return re.findall(r"micronet: TernaryConv node 'tc': kernel=(\w+) isa=(\w+)", err)
 
 
-@pytest.mark.parametrize("sparsity,expected", [(0.0, "dense"), (0.3, "dense"), (0.45, "dense"), (0.6, "sparse"),
-                                               (0.9, "sparse"), (1.0, "sparse")])
-def test_auto_dispatch_by_density(ops_library, monkeypatch, capfd, sparsity, expected):
-    """auto: the dense kernel from a density of 0.5 (non-zero share of the stored weight) up."""
+def _logged_line(capfd, model: bytes) -> str:
+    create_session(model, threads=1)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("micronet: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("stride,sparsity,expected", [
+    # unit stride: the sparse kernel at every sparsity (its complement form adds at most ~2/3 of the taps)
+    (1, 0.0, "sparse"), (1, 0.3, "sparse"), (1, 0.5, "sparse"), (1, 0.9, "sparse"), (1, 1.0, "sparse"),
+    # strided: the dense kernel from an effective density of 0.3
+    (2, 0.0, "dense"), (2, 0.5, "dense"), (2, 0.6, "dense"), (2, 0.8, "sparse"), (2, 0.95, "sparse"),
+])
+def test_auto_dispatch_by_effective_density(ops_library, monkeypatch, capfd, stride, sparsity, expected):
     monkeypatch.delenv(KERNEL_ENV, raising=False)
     monkeypatch.delenv(ISA_ENV, raising=False)
     monkeypatch.setenv(LOG_ENV, "1")
-    node = random_node(np.random.default_rng(3), 32, 32, (3, 3), pads=(1, 1, 1, 1), sparsity=sparsity)
-    choice = _logged_choice(capfd, node.model().SerializeToString())
-    assert len(choice) == 1, choice
-    kernel, isa = choice[0]
-    assert kernel == expected
+    node = random_node(np.random.default_rng(3), 32, 32, (3, 3), strides=(stride, stride), pads=(1, 1, 1, 1),
+                       sparsity=sparsity)
+    line = _logged_line(capfd, node.model().SerializeToString())
+    kernel, isa = re.search(r"kernel=(\w+) isa=(\w+)", line).groups()
+    assert kernel == expected, line
     assert isa == ("avx512" if HAS_AVX512 else "avx2" if HAS_AVX2 else "portable")
+
+
+@pytest.mark.parametrize("sparsity,complement", [(0.0, True), (0.25, True), (0.5, False), (0.9, False)])
+def test_complement_rows_where_they_save_taps(ops_library, monkeypatch, capfd, sparsity, complement):
+    """A row adds the smaller two of its positive, negative and zero tap lists: at low sparsity
+    (few zeros) that is (positive, zero) or (negative, zero) plus the shared window sum, and the
+    logged effective density is then well below the non-zero share."""
+    monkeypatch.setenv(KERNEL_ENV, "sparse")
+    monkeypatch.setenv(LOG_ENV, "1")
+    node = random_node(np.random.default_rng(5), 32, 32, (3, 3), pads=(1, 1, 1, 1), sparsity=sparsity)
+    line = _logged_line(capfd, node.model().SerializeToString())
+    density = float(re.search(r"density=([0-9.]+)", line).group(1))
+    effective = float(re.search(r"effective=([0-9.]+)", line).group(1))
+    rows = int(re.search(r"complement_rows=(\d+)", line).group(1))
+    if complement:
+        assert rows > 16 and effective < density - 0.1, line
+        assert effective < 0.7, line
+    else:
+        assert rows == 0 and effective == density, line
 
 
 def test_auto_dispatch_grouped_conv_is_sparse(ops_library, monkeypatch, capfd):

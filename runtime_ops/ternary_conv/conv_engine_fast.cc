@@ -56,12 +56,15 @@ constexpr int64_t kMaxItemsWanted = 2;
 // Average non-zero taps per (row, sign, kw) from which the lane-shift sparse kernel is used.
 constexpr double kLaneShiftMinTaps = 4.0;
 
-// Density (non-zero share of the stored weight) from which `auto` uses the dense kernel. The sparse
-// kernel's cost is proportional to the non-zero taps, the dense kernel's to all taps, so they cross
-// at the ratio of their speeds (additions per second over multiply-adds per second). Measured on
-// MicroNet's stride-1 shapes (mnx bench --layers, docs/runtime.md): a density of about 0.5 at
-// 32x32, 0.55 at 16x16, 0.45-0.5 at 8x8.
-constexpr double kDenseDensity = 0.5;
+// Effective density (taps the sparse kernel adds, complement forms and S included, over all taps of
+// the stored weight; see PlanRows) from which `auto` uses the dense kernel. The sparse kernel's cost
+// is proportional to its taps, the dense kernel's to all taps. Measured on MicroNet's shapes (batch
+// 1, one thread, docs/runtime.md): at unit stride the sparse kernel wins at every sparsity (at 0 %
+// zeros its complement form adds half the taps and runs 1.1-1.5x the dense kernel), so the bound
+// is above what the complement form can reach (about 2/3); strided layers read a pre-shifted copy
+// per (kw, row phase) whose taps run slower, and there the dense kernel wins from about 0.3.
+constexpr double kDenseDensityUnitStride = 0.75;
+constexpr double kDenseDensityStrided = 0.3;
 
 inline int64_t FloorDiv(int64_t a, int64_t b) {  // b > 0
   const int64_t q = a / b;
@@ -175,7 +178,7 @@ struct Plan {
   int64_t scratch_floats = 0;
   int64_t groups = 1;
   std::vector<int64_t> col_shift;    // shifted layout: X column of plane column q is q * stride_w + col_shift[kw]
-  std::vector<int64_t> group_start;  // sparse: [2 * m_stored * groups + 1]; dense: [groups + 1]
+  std::vector<int64_t> group_start;  // sparse: [2 * sparse_rows * groups + 1]; dense: [groups + 1]
   std::vector<int32_t> offsets;      // per tap in group order: scratch offsets
   std::vector<uint16_t> masks;       // [groups][mask_stride]
   int64_t mask_stride = 0;
@@ -185,6 +188,44 @@ struct Plan {
   int tile_vectors = 0;              // see BandJob::tile_vectors
   double cost_per_image = 0;         // additions (sparse) or multiply-adds (dense) of one image
 };
+
+// How the sparse kernel sums each stored row. A ternary row's output is c_pos * P + c_neg * N, with P
+// (N) the sum of the inputs under its positive (negative) taps. With Z the inputs under its zero
+// taps and S the sum under every tap of the window (shared by all rows), N = S - P - Z, so the row is
+// also (c_pos - c_neg) * P - c_neg * Z + c_neg * S, or likewise from N and Z: each row adds the
+// smaller two of its three tap lists. A dense ternary weight (no zeros) then costs half its taps,
+// and no layer more than about two thirds. Only with group == 1 (one S for all rows).
+struct RowPlan {
+  std::vector<int8_t> mode;  // per stored row: 0 = (P, N), 1 = (P, Z) + S, 2 = (N, Z) + S
+  bool use_sum = false;      // some row uses S: the engine computes it as an extra row
+  int64_t taps = 0;          // taps the sparse kernel adds per output position (S included)
+};
+
+RowPlan PlanRows(const TernaryConvSpec& s) {
+  RowPlan rp;
+  rp.mode.assign(static_cast<size_t>(s.m_stored), 0);
+  rp.taps = s.nnz;
+  if (s.group != 1) return rp;
+  const int64_t row_len = s.cin_per_group * s.k_h * s.k_w;
+  int64_t saving = 0;
+  std::vector<int8_t> mode(rp.mode);
+  for (int64_t r = 0; r < s.m_stored; ++r) {
+    const int64_t np = s.row_start[static_cast<size_t>(2 * r + 1)] - s.row_start[static_cast<size_t>(2 * r)];
+    const int64_t nn = s.row_start[static_cast<size_t>(2 * r + 2)] - s.row_start[static_cast<size_t>(2 * r + 1)];
+    const int64_t nz = row_len - np - nn;
+    int64_t best = np + nn;
+    if (np + nz < best) best = np + nz, mode[static_cast<size_t>(r)] = 1;
+    if (nn + nz < best) best = nn + nz, mode[static_cast<size_t>(r)] = 2;
+    saving += np + nn - best;
+  }
+  // S costs one row of row_len taps; worth it when the rows save more than that
+  if (saving > row_len) {
+    rp.mode = std::move(mode);
+    rp.use_sum = true;
+    rp.taps = s.nnz - saving + row_len;
+  }
+  return rp;
+}
 
 class FastEngine;
 
@@ -238,8 +279,16 @@ class FastEngine final : public ConvEngine {
   std::vector<float> slot_affine_;     // format v2 input affine per slot: {in_scale, in_bias}; empty if none
   std::vector<int32_t> out_channel_;   // stored row -> output channel
   std::vector<int32_t> dead_;          // output channels without a stored row
-  // taps as (slot, kh, kw): sparse in spec.row_start order; dense k = (kw, slot, kh) row-major
+  // taps as (slot, kh, kw): sparse in row_start_ order; dense k = (kw, slot, kh) row-major
   std::vector<int32_t> tap_slot_, tap_kh_, tap_kw_;
+  // sparse: stored row r sums the taps of list A = [row_start_[2r], row_start_[2r+1]) and of list B =
+  // [row_start_[2r+1], row_start_[2r+2]) and computes coef_[3r] * A + coef_[3r+1] * B + coef_[3r+2] * S,
+  // where S (the sum over every tap of the window, all stored channels) is the extra row m_stored,
+  // present when some row uses a complement form (see RowPlan).
+  std::vector<int64_t> row_start_;
+  std::vector<float> coef_;
+  int64_t sparse_rows_ = 0;  // m_stored, + 1 with the S row
+  bool has_sum_ = false;
   int64_t k_total_ = 0, blocks_ = 0;
   std::vector<float> dense_weights_;
 
@@ -250,12 +299,20 @@ class FastEngine final : public ConvEngine {
 
 void FastEngine::Decode() {
   const TernaryConvSpec& s = s_;
+  const RowPlan rp = dense_ ? RowPlan{} : PlanRows(s);
+  has_sum_ = rp.use_sum;
   // slots: the channels of X that some tap reads, in increasing order (a channel that no non-zero
-  // weight reads is neither copied nor visited)
+  // weight reads is neither copied nor visited), or every stored channel when S is summed
   int64_t max_channel = -1;
   for (const Tap& t : s.taps) max_channel = std::max<int64_t>(max_channel, t.channel);
+  if (has_sum_) {
+    for (int32_t c : s.stored_channels) max_channel = std::max<int64_t>(max_channel, c);
+  }
   std::vector<int32_t> slot_of(static_cast<size_t>(max_channel + 1), -1);  // X channel -> slot
   for (const Tap& t : s.taps) slot_of[static_cast<size_t>(t.channel)] = 0;
+  if (has_sum_) {
+    for (int32_t c : s.stored_channels) slot_of[static_cast<size_t>(c)] = 0;
+  }
   for (size_t c = 0; c < slot_of.size(); ++c) {
     if (slot_of[c] < 0) continue;
     slot_of[c] = static_cast<int32_t>(slot_channel_.size());
@@ -280,14 +337,72 @@ void FastEngine::Decode() {
   }
 
   if (!dense_) {
-    tap_slot_.reserve(s.taps.size());
-    tap_kh_.reserve(s.taps.size());
-    tap_kw_.reserve(s.taps.size());
-    for (const Tap& t : s.taps) {
-      tap_slot_.push_back(slot_of[static_cast<size_t>(t.channel)]);
-      tap_kh_.push_back(t.kh);
-      tap_kw_.push_back(t.kw);
+    auto push = [&](int32_t channel, int32_t kh, int32_t kw) {
+      tap_slot_.push_back(slot_of[static_cast<size_t>(channel)]);
+      tap_kh_.push_back(kh);
+      tap_kw_.push_back(kw);
+    };
+    auto push_range = [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const Tap& t = s.taps[static_cast<size_t>(i)];
+        push(t.channel, t.kh, t.kw);
+      }
+    };
+    const int64_t k_area = s.k_h * s.k_w, row_len = s.cin_per_group * k_area;
+    std::vector<int32_t> ci_of;  // X channel -> stored input channel (group == 1 when S is used)
+    if (has_sum_) {
+      ci_of.assign(static_cast<size_t>(max_channel + 1), -1);
+      for (size_t c = 0; c < s.stored_channels.size(); ++c) ci_of[static_cast<size_t>(s.stored_channels[c])] = static_cast<int32_t>(c);
     }
+    std::vector<uint8_t> nonzero(static_cast<size_t>(row_len));
+    sparse_rows_ = s.m_stored + (has_sum_ ? 1 : 0);
+    row_start_.assign(static_cast<size_t>(2 * sparse_rows_ + 1), 0);
+    coef_.assign(static_cast<size_t>(3 * s.m_stored), 0.0f);
+    tap_slot_.reserve(static_cast<size_t>(rp.taps));
+    tap_kh_.reserve(static_cast<size_t>(rp.taps));
+    tap_kw_.reserve(static_cast<size_t>(rp.taps));
+    for (int64_t r = 0; r < s.m_stored; ++r) {
+      const int64_t p0 = s.row_start[static_cast<size_t>(2 * r)], n0 = s.row_start[static_cast<size_t>(2 * r + 1)];
+      const int64_t n1 = s.row_start[static_cast<size_t>(2 * r + 2)];
+      const int mode = rp.mode[static_cast<size_t>(r)];
+      float* k = &coef_[static_cast<size_t>(3 * r)];
+      row_start_[static_cast<size_t>(2 * r)] = static_cast<int64_t>(tap_slot_.size());
+      if (mode == 0) {
+        push_range(p0, n0);
+        row_start_[static_cast<size_t>(2 * r + 1)] = static_cast<int64_t>(tap_slot_.size());
+        push_range(n0, n1);
+        k[0] = s.c_pos, k[1] = s.c_neg, k[2] = 0.0f;
+        continue;
+      }
+      // list A: the positive (mode 1) or negative (mode 2) taps; list B: the zero taps
+      if (mode == 1) {
+        push_range(p0, n0);
+        k[0] = s.c_pos - s.c_neg, k[1] = -s.c_neg, k[2] = s.c_neg;
+      } else {
+        push_range(n0, n1);
+        k[0] = s.c_neg - s.c_pos, k[1] = -s.c_pos, k[2] = s.c_pos;
+      }
+      row_start_[static_cast<size_t>(2 * r + 1)] = static_cast<int64_t>(tap_slot_.size());
+      std::fill(nonzero.begin(), nonzero.end(), 0);
+      for (int64_t i = p0; i < n1; ++i) {
+        const Tap& t = s.taps[static_cast<size_t>(i)];
+        nonzero[static_cast<size_t>(ci_of[static_cast<size_t>(t.channel)] * k_area + t.kh * s.k_w + t.kw)] = 1;
+      }
+      for (int64_t j = 0; j < row_len; ++j) {
+        if (nonzero[static_cast<size_t>(j)]) continue;
+        push(s.stored_channels[static_cast<size_t>(j / k_area)], static_cast<int32_t>((j % k_area) / s.k_w),
+             static_cast<int32_t>(j % s.k_w));
+      }
+    }
+    if (has_sum_) {  // row m_stored: S, every tap of every stored channel (list B empty)
+      row_start_[static_cast<size_t>(2 * s.m_stored)] = static_cast<int64_t>(tap_slot_.size());
+      for (int64_t j = 0; j < row_len; ++j) {
+        push(s.stored_channels[static_cast<size_t>(j / k_area)], static_cast<int32_t>((j % k_area) / s.k_w),
+             static_cast<int32_t>(j % s.k_w));
+      }
+      row_start_[static_cast<size_t>(2 * s.m_stored + 1)] = static_cast<int64_t>(tap_slot_.size());
+    }
+    row_start_[static_cast<size_t>(2 * sparse_rows_)] = static_cast<int64_t>(tap_slot_.size());
     return;
   }
 
@@ -402,7 +517,9 @@ std::shared_ptr<Plan> FastEngine::BuildPlan(const RunGeometry& g) const {
   // on kw) and, with lane-shift kernels, by the lane shift s = offset mod 16 of their input run (the
   // group's offsets become 16-float aligned). Shifted-plane layout: one group, no masks.
   // (worth its fixed per-group cost only when a group has several taps per output row: about 8)
-  const double taps_per_group = static_cast<double>(s.nnz) / static_cast<double>(2 * s.m_stored * s.k_w);
+  const double taps_per_group = dense_ ? 0.0
+                                      : static_cast<double>(tap_slot_.size()) /
+                                            static_cast<double>(2 * sparse_rows_ * s.k_w);
   const bool lane_shift = !dense_ && p->same && isa_->lane_shift && taps_per_group >= kLaneShiftMinTaps;
   std::vector<int32_t> group_of(static_cast<size_t>(s.k_h * s.k_w), 0);  // (kh, kw) -> group
   std::vector<int64_t> group_kw;
@@ -482,12 +599,12 @@ std::shared_ptr<Plan> FastEngine::BuildPlan(const RunGeometry& g) const {
   std::vector<size_t> order;  // tap indices in group order
   const int64_t G = p->groups;
   if (!dense_) {
-    p->group_start.assign(static_cast<size_t>(2 * s.m_stored * G + 1), 0);
+    p->group_start.assign(static_cast<size_t>(2 * sparse_rows_ * G + 1), 0);
     order.reserve(tap_slot_.size());
     std::vector<std::vector<size_t>> buckets(static_cast<size_t>(G));
-    for (int64_t rs = 0; rs < 2 * s.m_stored; ++rs) {  // (row, sign)
-      const size_t b = static_cast<size_t>(s.row_start[static_cast<size_t>(rs)]);
-      const size_t e = static_cast<size_t>(s.row_start[static_cast<size_t>(rs + 1)]);
+    for (int64_t rs = 0; rs < 2 * sparse_rows_; ++rs) {  // (row, list)
+      const size_t b = static_cast<size_t>(row_start_[static_cast<size_t>(rs)]);
+      const size_t e = static_cast<size_t>(row_start_[static_cast<size_t>(rs + 1)]);
       for (auto& bucket : buckets) bucket.clear();
       for (size_t i = b; i < e; ++i) {
         buckets[static_cast<size_t>(group_of[static_cast<size_t>(tap_kh_[i] * s.k_w + tap_kw_[i])])].push_back(i);
@@ -500,7 +617,7 @@ std::shared_ptr<Plan> FastEngine::BuildPlan(const RunGeometry& g) const {
         order.insert(order.end(), bucket.begin(), bucket.end());
       }
     }
-    p->group_start[static_cast<size_t>(2 * s.m_stored * G)] = static_cast<int64_t>(order.size());
+    p->group_start[static_cast<size_t>(2 * sparse_rows_ * G)] = static_cast<int64_t>(order.size());
   } else {
     // dense taps are ordered by kw, and (same layout) the groups are the kw values
     p->group_start.assign(static_cast<size_t>(G + 1), 0);
@@ -514,7 +631,7 @@ std::shared_ptr<Plan> FastEngine::BuildPlan(const RunGeometry& g) const {
   const double plane = static_cast<double>(g.out_h) * static_cast<double>(OW);
   p->cost_per_image = dense_ ? plane * (static_cast<double>(k_total_) * static_cast<double>(s.m_stored) +
                                         2.0 * static_cast<double>(s.m_out))
-                             : plane * (static_cast<double>(s.nnz) + 2.0 * static_cast<double>(s.m_out));
+                             : plane * (static_cast<double>(tap_slot_.size()) + 2.0 * static_cast<double>(s.m_out));
   return p;
 }
 
@@ -638,8 +755,8 @@ void FastEngine::RunBand(const Plan& p, const RunGeometry& g, const float* scrat
     w.out_channel = out_channel_.data();
     w.scale = s.scale.data();
     w.bias = s.bias.data();
-    w.c_pos = s.c_pos;
-    w.c_neg = s.c_neg;
+    w.coef = coef_.data();
+    w.sum_group_start = has_sum_ ? p.group_start.data() + 2 * s.m_stored * p.groups : nullptr;
     w.relu = s.activation == Activation::kRelu;
     isa_->sparse_band(w, job);
   }
@@ -702,11 +819,14 @@ std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std:
   const double numel = static_cast<double>(spec.m_stored) * static_cast<double>(spec.cin_per_group) *
                        static_cast<double>(spec.k_h) * static_cast<double>(spec.k_w);
   const double density = numel > 0 ? static_cast<double>(spec.nnz) / numel : 0.0;
-  const double threshold = kDenseDensity;
+  const RowPlan rows = PlanRows(spec);
+  const double effective = numel > 0 ? static_cast<double>(rows.taps) / numel : 0.0;
+  const bool unit_stride = spec.stride_h == 1 && spec.stride_w == 1;
+  const double threshold = unit_stride ? kDenseDensityUnitStride : kDenseDensityStrided;
   // dense kernels need group == 1 (one weight matrix over all stored input channels)
   const bool dense_ok = spec.group == 1;
   Algo algo = c.algo;
-  if (algo == Algo::kAuto) algo = (dense_ok && density >= threshold) ? Algo::kDense : Algo::kSparse;
+  if (algo == Algo::kAuto) algo = (dense_ok && effective >= threshold) ? Algo::kDense : Algo::kSparse;
   if (algo == Algo::kDense && !dense_ok) algo = Algo::kSparse;
   std::unique_ptr<ConvEngine> engine;
   if (algo == Algo::kDirect) {
@@ -715,13 +835,16 @@ std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std:
     engine = std::make_unique<FastEngine>(spec, c.isa, algo == Algo::kDense);
   }
   if (c.log) {
+    int64_t complement = 0;
+    for (int8_t m : rows.mode) complement += m != 0 ? 1 : 0;
     std::fprintf(stderr,
                  "micronet: %s: kernel=%s isa=%s density=%.4f nnz=%lld weight=[%lld,%lld,%lld,%lld] group=%lld "
-                 "(requested %s; auto picks dense at density >= %.2f)\n",
+                 "effective=%.4f complement_rows=%lld (requested %s; auto picks dense at effective >= %.2f)\n",
                  label.c_str(), engine->Name(), algo == Algo::kDirect ? "scalar" : c.isa->isa, density,
                  static_cast<long long>(spec.nnz), static_cast<long long>(spec.m_stored),
                  static_cast<long long>(spec.cin_per_group), static_cast<long long>(spec.k_h),
-                 static_cast<long long>(spec.k_w), static_cast<long long>(spec.group), AlgoName(c.algo), threshold);
+                 static_cast<long long>(spec.k_w), static_cast<long long>(spec.group), effective,
+                 static_cast<long long>(complement), AlgoName(c.algo), threshold);
     std::fflush(stderr);
   }
   return engine;

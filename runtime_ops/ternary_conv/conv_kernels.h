@@ -49,14 +49,17 @@ struct BandJob {
   const int32_t* group_shift = nullptr;
 };
 
-// Decoded weight for the sparse kernels: stored row r, sign s (0 positive), group g has the taps
+// Decoded weight for the sparse kernels: stored row r, list s (0: A, 1: B), group g has the taps
 // offsets[group_start[(2 * r + s) * groups + g] .. group_start[(2 * r + s) * groups + g + 1]).
 struct SparseWeights {
   const int64_t* group_start = nullptr;  // [2 * m_stored * groups + 1]
   const int32_t* out_channel = nullptr;  // [m_stored]
   const float* scale = nullptr;          // [m_out]
   const float* bias = nullptr;           // [m_out]
-  float c_pos = 0.f, c_neg = 0.f;
+  // per stored row r: y = coef[3r] * sum(list A) + coef[3r+1] * sum(list B) + coef[3r+2] * S
+  const float* coef = nullptr;
+  // the group starts of S (the sum over every tap, as list A of one more row), or nullptr: no row uses S
+  const int64_t* sum_group_start = nullptr;
   bool relu = false;
 };
 

@@ -231,6 +231,12 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
     spec->max_in_channel = in_map.empty() ? -1 : *std::max_element(in_map.begin(), in_map.end());
   }
 
+  spec->stored_channels.resize(static_cast<size_t>(n_stored));
+  for (int64_t c = 0; c < n_stored; ++c) {
+    spec->stored_channels[static_cast<size_t>(c)] =
+        spec->has_in_channels ? in_map[static_cast<size_t>(c)] : static_cast<int32_t>(c);
+  }
+
   // in_scale / in_bias: per stored input channel; kept per channel of X (the taps' channel index)
   spec->has_in_affine = inputs[tf::kInInScale] != nullptr || inputs[tf::kInInBias] != nullptr;
   if (spec->has_in_affine) {

@@ -61,6 +61,8 @@ struct TernaryConvSpec {
   // X channel requirement at run time: C == n_stored without in_channels, C > max_in_channel with.
   bool has_in_channels = false;
   int64_t max_in_channel = -1;
+  // For each stored input channel (n_stored), the channel of X it reads (in_channels, or the identity).
+  std::vector<int32_t> stored_channels;
 
   // Input affine (format v2 in_scale / in_bias), indexed by channel of X: X[:, c] is read as
   // in_scale[c] * X[:, c] + in_bias[c] inside the image (the zero padding stays 0). Empty when absent.
