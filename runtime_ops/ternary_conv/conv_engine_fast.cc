@@ -45,8 +45,10 @@ using kernels::DenseWeights;
 using kernels::KernelTable;
 using kernels::SparseWeights;
 
-// Scratch floats a work item may use (on its stack): 192 KiB.
+// Scratch floats a work item may use (on its stack): 192 KiB. Every tap offset is below it, so
+// offsets are stored as kernels::Offset (16 bits).
 constexpr int64_t kMaxScratchFloats = 48 * 1024;
+static_assert(kMaxScratchFloats <= 65536, "tap offsets must fit kernels::Offset");
 // Output floats a band aims at (one or two sparse tiles).
 constexpr int64_t kBandTarget = 256;
 // Additions a work item aims at when a run has to be split further than image x band, and the
@@ -179,7 +181,7 @@ struct Plan {
   int64_t groups = 1;
   std::vector<int64_t> col_shift;    // shifted layout: X column of plane column q is q * stride_w + col_shift[kw]
   std::vector<int64_t> group_start;  // sparse: [2 * sparse_rows * groups + 1]; dense: [groups + 1]
-  std::vector<int32_t> offsets;      // per tap in group order: scratch offsets
+  std::vector<kernels::Offset> offsets;  // per tap in group order: scratch offsets
   std::vector<uint16_t> masks;       // [groups][mask_stride]
   int64_t mask_stride = 0;
   std::vector<uint8_t> group_masked;
@@ -487,7 +489,7 @@ std::shared_ptr<Plan> FastEngine::BuildPlan(const RunGeometry& g) const {
   if (rows >= g.out_h && g.out_h >= 2 && (g.out_h + 1) / 2 * OW >= kBandTarget / 2) rows = (g.out_h + 1) / 2;
   layout(rows);
   while (p->scratch_floats > kMaxScratchFloats && rows > 1) layout(--rows);
-  if (p->scratch_floats > kMaxScratchFloats) return nullptr;  // every offset then fits int32 too
+  if (p->scratch_floats > kMaxScratchFloats) return nullptr;  // every offset then fits an Offset
   if (rows < g.out_h && (rows * OW) % tile != 0) {
     for (int64_t r = rows; r >= 1; --r) {
       if ((r * OW) % tile == 0) {
@@ -627,7 +629,7 @@ std::shared_ptr<Plan> FastEngine::BuildPlan(const RunGeometry& g) const {
     }
   }
   p->offsets.resize(order.size());
-  for (size_t i = 0; i < order.size(); ++i) p->offsets[i] = tap_offset(order[i]);
+  for (size_t i = 0; i < order.size(); ++i) p->offsets[i] = static_cast<kernels::Offset>(tap_offset(order[i]));
   const double plane = static_cast<double>(g.out_h) * static_cast<double>(OW);
   p->cost_per_image = dense_ ? plane * (static_cast<double>(k_total_) * static_cast<double>(s.m_stored) +
                                         2.0 * static_cast<double>(s.m_out))
