@@ -284,7 +284,7 @@ class FastEngine final : public ConvEngine {
   // taps as (slot, kh, kw): sparse in row_start_ order; dense k = (kw, slot, kh) row-major
   std::vector<int32_t> tap_slot_, tap_kh_, tap_kw_;
   // sparse: stored row r sums the taps of list A = [row_start_[2r], row_start_[2r+1]) and of list B =
-  // [row_start_[2r+1], row_start_[2r+2]) and computes coef_[3r] * A + coef_[3r+1] * B + coef_[3r+2] * S,
+  // [row_start_[2r+1], row_start_[2r+2]) and computes coef_[3r] * (A + coef_[3r+1] * B) + coef_[3r+2] * S,
   // where S (the sum over every tap of the window, all stored channels) is the extra row m_stored,
   // present when some row uses a complement form (see RowPlan).
   std::vector<int64_t> row_start_;
@@ -344,12 +344,6 @@ void FastEngine::Decode() {
       tap_kh_.push_back(kh);
       tap_kw_.push_back(kw);
     };
-    auto push_range = [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const Tap& t = s.taps[static_cast<size_t>(i)];
-        push(t.channel, t.kh, t.kw);
-      }
-    };
     const int64_t k_area = s.k_h * s.k_w, row_len = s.cin_per_group * k_area;
     std::vector<int32_t> ci_of;  // X channel -> stored input channel (group == 1 when S is used)
     if (has_sum_) {
@@ -363,38 +357,58 @@ void FastEngine::Decode() {
     tap_slot_.reserve(static_cast<size_t>(rp.taps));
     tap_kh_.reserve(static_cast<size_t>(rp.taps));
     tap_kw_.reserve(static_cast<size_t>(rp.taps));
+    struct T3 {
+      int32_t channel, kh, kw;
+    };
+    std::vector<T3> list_a, list_b;
+    auto take = [&](std::vector<T3>* list, int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const Tap& t = s.taps[static_cast<size_t>(i)];
+        list->push_back(T3{t.channel, t.kh, t.kw});
+      }
+    };
     for (int64_t r = 0; r < s.m_stored; ++r) {
       const int64_t p0 = s.row_start[static_cast<size_t>(2 * r)], n0 = s.row_start[static_cast<size_t>(2 * r + 1)];
       const int64_t n1 = s.row_start[static_cast<size_t>(2 * r + 2)];
       const int mode = rp.mode[static_cast<size_t>(r)];
+      list_a.clear();
+      list_b.clear();
+      float k_a = s.c_pos, k_b = s.c_neg, k_s = 0.0f;
+      if (mode == 0) {  // (P, N)
+        take(&list_a, p0, n0);
+        take(&list_b, n0, n1);
+      } else {  // (P, Z) or (N, Z): list B is the zero taps
+        if (mode == 1) {
+          take(&list_a, p0, n0);
+          k_a = s.c_pos - s.c_neg, k_b = -s.c_neg, k_s = s.c_neg;
+        } else {
+          take(&list_a, n0, n1);
+          k_a = s.c_neg - s.c_pos, k_b = -s.c_pos, k_s = s.c_pos;
+        }
+        std::fill(nonzero.begin(), nonzero.end(), 0);
+        for (int64_t i = p0; i < n1; ++i) {
+          const Tap& t = s.taps[static_cast<size_t>(i)];
+          nonzero[static_cast<size_t>(ci_of[static_cast<size_t>(t.channel)] * k_area + t.kh * s.k_w + t.kw)] = 1;
+        }
+        for (int64_t j = 0; j < row_len; ++j) {
+          if (nonzero[static_cast<size_t>(j)]) continue;
+          list_b.push_back(T3{s.stored_channels[static_cast<size_t>(j / k_area)],
+                              static_cast<int32_t>((j % k_area) / s.k_w), static_cast<int32_t>(j % s.k_w)});
+        }
+      }
+      // k_a * A + k_b * B = lead * (A' + ratio * B') with the larger coefficient as lead (|ratio| <= 1)
+      if (std::fabs(k_b) > std::fabs(k_a)) {
+        std::swap(list_a, list_b);
+        std::swap(k_a, k_b);
+      }
       float* k = &coef_[static_cast<size_t>(3 * r)];
+      k[0] = k_a;
+      k[1] = k_a != 0.0f ? k_b / k_a : 0.0f;
+      k[2] = k_s;
       row_start_[static_cast<size_t>(2 * r)] = static_cast<int64_t>(tap_slot_.size());
-      if (mode == 0) {
-        push_range(p0, n0);
-        row_start_[static_cast<size_t>(2 * r + 1)] = static_cast<int64_t>(tap_slot_.size());
-        push_range(n0, n1);
-        k[0] = s.c_pos, k[1] = s.c_neg, k[2] = 0.0f;
-        continue;
-      }
-      // list A: the positive (mode 1) or negative (mode 2) taps; list B: the zero taps
-      if (mode == 1) {
-        push_range(p0, n0);
-        k[0] = s.c_pos - s.c_neg, k[1] = -s.c_neg, k[2] = s.c_neg;
-      } else {
-        push_range(n0, n1);
-        k[0] = s.c_neg - s.c_pos, k[1] = -s.c_pos, k[2] = s.c_pos;
-      }
+      for (const T3& t : list_a) push(t.channel, t.kh, t.kw);
       row_start_[static_cast<size_t>(2 * r + 1)] = static_cast<int64_t>(tap_slot_.size());
-      std::fill(nonzero.begin(), nonzero.end(), 0);
-      for (int64_t i = p0; i < n1; ++i) {
-        const Tap& t = s.taps[static_cast<size_t>(i)];
-        nonzero[static_cast<size_t>(ci_of[static_cast<size_t>(t.channel)] * k_area + t.kh * s.k_w + t.kw)] = 1;
-      }
-      for (int64_t j = 0; j < row_len; ++j) {
-        if (nonzero[static_cast<size_t>(j)]) continue;
-        push(s.stored_channels[static_cast<size_t>(j / k_area)], static_cast<int32_t>((j % k_area) / s.k_w),
-             static_cast<int32_t>(j % s.k_w));
-      }
+      for (const T3& t : list_b) push(t.channel, t.kh, t.kw);
     }
     if (has_sum_) {  // row m_stored: S, every tap of every stored channel (list B empty)
       row_start_[static_cast<size_t>(2 * s.m_stored)] = static_cast<int64_t>(tap_slot_.size());

@@ -61,7 +61,7 @@ struct SparseWeights {
   const int32_t* out_channel = nullptr;  // [m_stored]
   const float* scale = nullptr;          // [m_out]
   const float* bias = nullptr;           // [m_out]
-  // per stored row r: y = coef[3r] * sum(list A) + coef[3r+1] * sum(list B) + coef[3r+2] * S
+  // per stored row r: y = coef[3r] * (sum(list A) + coef[3r+1] * sum(list B)) + coef[3r+2] * S
   const float* coef = nullptr;
   // the group starts of S (the sum over every tap, as list A of one more row), or nullptr: no row uses S
   const int64_t* sum_group_start = nullptr;

@@ -25,6 +25,9 @@ struct Isa {
   static inline V AddMasked(V acc, M m, const float* p) {
     return _mm256_add_ps(acc, _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(m)));
   }
+  static inline V FmaMasked(V acc, M m, V r, const float* p) {
+    return _mm256_fmadd_ps(r, _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(m)), acc);
+  }
   static inline V ZeroMasked(M m, V v) { return _mm256_and_ps(v, _mm256_castsi256_ps(m)); }
   static constexpr bool kLaneShift = false;  // no lane-shift kernel: unaligned loads instead
   static inline V AddMaskedReg(V acc, M, V) { return acc; }

@@ -29,6 +29,13 @@ struct Isa {
             : [mem] "m"(*reinterpret_cast<const float(*)[16]>(p)), [k] "Yk"(m));
     return acc;
   }
+  // acc + r * p[lanes in m], likewise one merge-masked FMA with a memory operand
+  static inline V FmaMasked(V acc, M m, V r, const float* p) {
+    __asm__("vfmadd231ps %[mem], %[r], %[acc]%{%[k]%}"
+            : [acc] "+v"(acc)
+            : [mem] "m"(*reinterpret_cast<const float(*)[16]>(p)), [r] "v"(r), [k] "Yk"(m));
+    return acc;
+  }
   static inline V ZeroMasked(M m, V v) { return _mm512_maskz_mov_ps(m, v); }
   static inline V AddMaskedReg(V acc, M m, V x) { return _mm512_mask_add_ps(acc, m, acc, x); }
   // lane shift: Shift2(a, ShiftIndex(s), b) lane i = lane i + s of the 32-lane pair (a, b)

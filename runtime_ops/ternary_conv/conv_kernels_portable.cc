@@ -38,6 +38,10 @@ struct Isa {
     const I4 bits = reinterpret_cast<I4>(Load(p)) & m;
     return acc + reinterpret_cast<V>(bits);
   }
+  static inline V FmaMasked(V acc, M m, V r, const float* p) {
+    const I4 bits = reinterpret_cast<I4>(Load(p)) & m;
+    return acc + r * reinterpret_cast<V>(bits);
+  }
   static inline V AddMaskedReg(V acc, M, V) { return acc; }
   static inline V ZeroMasked(M m, V v) { return reinterpret_cast<V>(reinterpret_cast<I4>(v) & m); }
   static inline int ShiftIndex(int s) { return s; }
