@@ -275,8 +275,8 @@ def _logged_line(capfd, model: bytes) -> str:
 @pytest.mark.parametrize("stride,sparsity,expected", [
     # unit stride: the sparse kernel at every sparsity (its complement form adds at most ~2/3 of the taps)
     (1, 0.0, "sparse"), (1, 0.3, "sparse"), (1, 0.5, "sparse"), (1, 0.9, "sparse"), (1, 1.0, "sparse"),
-    # strided: the dense kernel from an effective density of 0.3
-    (2, 0.0, "dense"), (2, 0.5, "dense"), (2, 0.6, "dense"), (2, 0.8, "sparse"), (2, 0.95, "sparse"),
+    # strided: the dense kernel from an effective density of 0.4
+    (2, 0.0, "dense"), (2, 0.5, "dense"), (2, 0.7, "sparse"), (2, 0.8, "sparse"), (2, 0.95, "sparse"),
 ])
 def test_auto_dispatch_by_effective_density(ops_library, monkeypatch, capfd, stride, sparsity, expected):
     monkeypatch.delenv(KERNEL_ENV, raising=False)
@@ -288,6 +288,26 @@ def test_auto_dispatch_by_effective_density(ops_library, monkeypatch, capfd, str
     kernel, isa = re.search(r"kernel=(\w+) isa=(\w+)", line).groups()
     assert kernel == expected, line
     assert isa == ("avx512" if HAS_AVX512 else "avx2" if HAS_AVX2 else "portable")
+
+
+@pytest.mark.parametrize("size,sparsity,expected", [
+    # planes of at most 64 outputs: dense from an effective density of 0.55 (33 % zeros: about 2/3)
+    (8, 0.33, "dense"), (8, 0.0, "sparse"), (8, 0.9, "sparse"),
+    # larger planes (and planes the graph does not state): sparse up to 0.75
+    (16, 0.33, "sparse"), (None, 0.33, "sparse"),
+])
+def test_auto_dispatch_uses_the_stated_plane_size(ops_library, monkeypatch, capfd, size, sparsity, expected):
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    monkeypatch.setenv(LOG_ENV, "1")
+    node = random_node(np.random.default_rng(6), 48, 48, (3, 3), pads=(1, 1, 1, 1), sparsity=sparsity)
+    model = node.model()
+    if size is not None:
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_value = size
+        dims[3].dim_value = size
+    line = _logged_line(capfd, model.SerializeToString())
+    assert re.search(r"kernel=(\w+)", line).group(1) == expected, line
+    assert f"plane={size * size if size else 0}" in line, line
 
 
 @pytest.mark.parametrize("sparsity,complement", [(0.0, True), (0.25, True), (0.5, False), (0.9, False)])

@@ -58,7 +58,14 @@ class ConvEngine {
 // `label` names the node in the MICRONET_TERNARY_LOG line. Throws std::invalid_argument for a bad
 // environment value. The engine keeps a reference to `spec`, which must outlive it and every
 // ConvRun it prepares.
-std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std::string& label);
+// X's spatial size as the graph states it at session creation (0: unknown). Only a hint for the
+// kernel choice: every run checks X itself.
+struct ShapeHint {
+  int64_t in_h = 0, in_w = 0;
+};
+
+std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std::string& label,
+                                         const ShapeHint& hint = ShapeHint{});
 
 // The simple direct engine (conv_engine_direct.cc): any geometry, scalar code. Used for
 // MICRONET_TERNARY_KERNEL=direct and when a fast engine's band scratch would not fit.

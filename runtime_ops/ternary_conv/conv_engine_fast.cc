@@ -34,12 +34,14 @@
 
 #include "ternary_conv/conv_engine.h"
 #include "ternary_conv/conv_kernels.h"
+#include "ternary_conv/ternary_format.h"
 
 namespace micronet {
 namespace ternary_conv {
 
 namespace {
 
+namespace tf = ::micronet::ternary_format;
 using kernels::BandJob;
 using kernels::DenseWeights;
 using kernels::KernelTable;
@@ -60,13 +62,17 @@ constexpr double kLaneShiftMinTaps = 4.0;
 
 // Effective density (taps the sparse kernel adds, complement forms and S included, over all taps of
 // the stored weight; see PlanRows) from which `auto` uses the dense kernel. The sparse kernel's cost
-// is proportional to its taps, the dense kernel's to all taps. Measured on MicroNet's shapes (batch
-// 1, one thread, docs/runtime.md): at unit stride the sparse kernel wins at every sparsity (at 0 %
-// zeros its complement form adds half the taps and runs 1.1-1.5x the dense kernel), so the bound
-// is above what the complement form can reach (about 2/3); strided layers read a pre-shifted copy
-// per (kw, row phase) whose taps run slower, and there the dense kernel wins from about 0.3.
+// is proportional to its taps, the dense kernel's to all taps. Measured on MicroNet's shapes (mnx
+// bench --layers, batch 1, one thread; docs/runtime.md): at unit stride on 16x16 and 32x32 planes the
+// sparse kernel wins at every sparsity (at 0 % zeros its complement form adds half the taps and runs
+// 1.4x the dense kernel; at 33 % zeros, the worst case with two thirds of the taps, 1.15x), so the
+// bound is above what it can reach; on planes of at most 64 outputs (8x8) its tiles are short and
+// the dense kernel wins from about 0.55; strided layers read a pre-shifted copy per (kw, row phase)
+// whose taps run slower, and there the dense kernel wins from about 0.4.
 constexpr double kDenseDensityUnitStride = 0.75;
-constexpr double kDenseDensityStrided = 0.3;
+constexpr double kDenseDensitySmallPlane = 0.55;
+constexpr int64_t kSmallPlane = 64;
+constexpr double kDenseDensityStrided = 0.4;
 
 inline int64_t FloorDiv(int64_t a, int64_t b) {  // b > 0
   const int64_t q = a / b;
@@ -830,7 +836,8 @@ const char* AlgoName(Algo a) {
 
 }  // namespace
 
-std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std::string& label) {
+std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std::string& label,
+                                         const ShapeHint& hint) {
   const Choice c = ReadChoice();
   const double numel = static_cast<double>(spec.m_stored) * static_cast<double>(spec.cin_per_group) *
                        static_cast<double>(spec.k_h) * static_cast<double>(spec.k_w);
@@ -838,7 +845,16 @@ std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std:
   const RowPlan rows = PlanRows(spec);
   const double effective = numel > 0 ? static_cast<double>(rows.taps) / numel : 0.0;
   const bool unit_stride = spec.stride_h == 1 && spec.stride_w == 1;
-  const double threshold = unit_stride ? kDenseDensityUnitStride : kDenseDensityStrided;
+  // output plane from the graph's X size when known (0 otherwise)
+  int64_t plane = 0;
+  if (hint.in_h > 0 && hint.in_w > 0) {
+    const int64_t oh = (hint.in_h + spec.pad_top + spec.pad_bottom - spec.dil_h * (spec.k_h - 1) - 1) / spec.stride_h + 1;
+    const int64_t ow = (hint.in_w + spec.pad_left + spec.pad_right - spec.dil_w * (spec.k_w - 1) - 1) / spec.stride_w + 1;
+    if (oh > 0 && ow > 0 && oh <= tf::kMaxAttributeValue && ow <= tf::kMaxAttributeValue) plane = oh * ow;
+  }
+  const double threshold = !unit_stride                            ? kDenseDensityStrided
+                           : (plane > 0 && plane <= kSmallPlane) ? kDenseDensitySmallPlane
+                                                                 : kDenseDensityUnitStride;
   // dense kernels need group == 1 (one weight matrix over all stored input channels)
   const bool dense_ok = spec.group == 1;
   Algo algo = c.algo;
@@ -855,12 +871,13 @@ std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std:
     for (int8_t m : rows.mode) complement += m != 0 ? 1 : 0;
     std::fprintf(stderr,
                  "micronet: %s: kernel=%s isa=%s density=%.4f nnz=%lld weight=[%lld,%lld,%lld,%lld] group=%lld "
-                 "effective=%.4f complement_rows=%lld (requested %s; auto picks dense at effective >= %.2f)\n",
+                 "effective=%.4f complement_rows=%lld plane=%lld (requested %s; auto picks dense at effective >= "
+                 "%.2f)\n",
                  label.c_str(), engine->Name(), algo == Algo::kDirect ? "scalar" : c.isa->isa, density,
                  static_cast<long long>(spec.nnz), static_cast<long long>(spec.m_stored),
                  static_cast<long long>(spec.cin_per_group), static_cast<long long>(spec.k_h),
                  static_cast<long long>(spec.k_w), static_cast<long long>(spec.group), effective,
-                 static_cast<long long>(complement), AlgoName(c.algo), threshold);
+                 static_cast<long long>(complement), static_cast<long long>(plane), AlgoName(c.algo), threshold);
     std::fflush(stderr);
   }
   return engine;

@@ -212,12 +212,22 @@ std::string ReadNode(const OrtApi* api, const OrtKernelInfo* info, Kernel* kerne
   std::string x_name;
   ReadString(api, [&](char* out, size_t* size) { return api->KernelInfo_GetInputName(info, 0, out, size); }, &x_name);
   if (x_name.empty()) return "input X is missing";
+  ShapeHint hint;
   OrtTypeInfo* type_info = nullptr;
   if (StatusGuard(api, api->KernelInfo_GetInputTypeInfo(info, 0, &type_info)).ok() && type_info != nullptr) {
     const OrtTensorTypeAndShapeInfo* tensor_info = nullptr;
     ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
     if (StatusGuard(api, api->CastTypeInfoToTensorInfo(type_info, &tensor_info)).ok() && tensor_info != nullptr) {
       StatusGuard(api, api->GetTensorElementType(tensor_info, &type));
+      // X's spatial size when the graph states it (a hint for the kernel choice only; runs check X)
+      size_t rank = 0;
+      if (StatusGuard(api, api->GetDimensionsCount(tensor_info, &rank)).ok() && rank == 4) {
+        int64_t dims[4] = {0, 0, 0, 0};
+        if (StatusGuard(api, api->GetDimensions(tensor_info, dims, 4)).ok() && dims[2] > 0 && dims[3] > 0) {
+          hint.in_h = dims[2];
+          hint.in_w = dims[3];
+        }
+      }
     }
     api->ReleaseTypeInfo(type_info);
     if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
@@ -264,7 +274,7 @@ std::string ReadNode(const OrtApi* api, const OrtKernelInfo* info, Kernel* kerne
 
   err = BuildSpec(attrs, present, &kernel->spec);
   if (!err.empty()) return err;
-  kernel->engine = CreateEngine(kernel->spec, kernel->label);
+  kernel->engine = CreateEngine(kernel->spec, kernel->label, hint);
   return {};
 }
 
