@@ -3,8 +3,9 @@ dense float32 twin in stock onnxruntime (and, optionally, the PyTorch checkpoint
 
 Everything here returns plain data; ``mnx bench`` renders it (``render``, ``render_layers``) or prints
 it as JSON. Timing is interleaved: each round runs every contestant once (a measurement of a few
-runs each), so a noisy neighbour on the machine hits all of them alike; medians over rounds are
-reported, with the ratios ternary / dense of images per second.
+runs each, after a short idle pause and one untimed run, see `SETTLE_SECONDS`), so a noisy
+neighbour on the machine hits all of them alike; medians over rounds are reported, with the ratios
+ternary / dense of images per second.
 
 - `dense_twin(model)` rewrites every ``micronet::TernaryConv`` into standard ONNX (a
   ``BatchNormalization`` for ``in_scale``/``in_bias``, ``Conv`` with the decoded weight, ``scale``
