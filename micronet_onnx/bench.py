@@ -466,8 +466,8 @@ def render_layers(report: dict) -> str:
     head = f"{'layer':<18} {'sparsity':>8} {'auto':>6} {'onnxruntime':>11}"
     for k in kernels:
         head += f" {k + ' ms':>10} {'x':>6}"
-    lines = [f"per-layer: batch {report['batch']}, {report['threads']} thread(s), medians of {report['repeats']} "
-             f"rounds; {report['machine']['cpu']}", head]
+    lines = [f"per-layer: batch {report['batch']}, {report['threads']} thread(s)",
+             _machine_line(report, "interleaved rounds"), head]
     for r in report["rows"]:
         line = (f"{r['layer']:<18} {r['sparsity'] * 100:>7.0f}% {r['auto_kernel'] or '-':>6} "
                 f"{r['onnxruntime_ms']:>9.3f}ms")
@@ -494,8 +494,13 @@ def _model_input(model: onnx.ModelProto) -> tuple[str, list[int]]:
     return inputs[0].name, shape
 
 
+# 1-minute load average above which a report says that other work shared the machine.
+BUSY_LOAD = 0.5
+
+
 def machine_info() -> dict:
-    """CPU model name and logical CPU count (for reports)."""
+    """CPU model name, logical CPU count, onnxruntime version and the load average before the run
+    (the machines are shared: a load near the CPU count means the numbers are noisy)."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -505,7 +510,28 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
-    return {"cpu": name, "logical_cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        load = float(os.getloadavg()[0])
+    except OSError:
+        load = None
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {"cpu": name, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "onnxruntime": ort_version, "load_average_1min": load}
+
+
+def _machine_line(report: dict, what: str) -> str:
+    machine = report["machine"]
+    line = (f"machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, onnxruntime "
+            f"{machine.get('onnxruntime')}; medians of {report['repeats']} {what}")
+    load = machine.get("load_average_1min")
+    if load is not None and load > BUSY_LOAD:
+        line += f"\nnote: load average {load:.2f} before the run: other work shares this machine, timings are noisy"
+    return line
 
 
 def bench_model(path: str | os.PathLike[str], *, batches: Sequence[int] = (1, 64), threads: Sequence[int] = (1, 2),
@@ -590,11 +616,9 @@ def render(report: dict) -> str:
     runtimes = [r for r in ("ternary", "dense", "torch") if any(row["runtime"] == r for row in report["rows"])]
     keys = sorted({(row["batch"], row["threads"]) for row in report["rows"]}, key=lambda k: (k[1], k[0]))
     by = {(row["batch"], row["threads"], row["runtime"]): row for row in report["rows"]}
-    machine = report["machine"]
     lines = [
         f"model: {report['model']}  (kernel: {report['kernel']})",
-        f"machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs; medians of {report['repeats']} "
-        "interleaved rounds; images/s (ms per batch)",
+        _machine_line(report, "interleaved rounds; images/s (ms per batch)"),
     ]
     head = f"{'batch':>5} {'threads':>7}"
     for r in runtimes:

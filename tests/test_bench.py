@@ -158,7 +158,7 @@ def test_bench_model_returns_documented_keys(ops_library, tiny_ternary, tmp_path
     report = bench.bench_model(path, batches=(1, 3), threads=(1, 2), repeats=1, checkpoint=ckpt,
                                min_seconds=0.001, warmup=1)
     assert set(report) == MODEL_KEYS
-    assert set(report["machine"]) >= {"cpu", "logical_cpus"}
+    assert set(report["machine"]) >= {"cpu", "logical_cpus", "onnxruntime", "load_average_1min"}
     assert report["max_abs_diff"] < 1e-3
     rows = report["rows"]
     assert {(r["batch"], r["threads"], r["runtime"]) for r in rows} == {
@@ -241,3 +241,25 @@ def test_cli_bench_user_errors(args, message):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("mnx: error:")
+
+
+def test_render_flags_a_busy_machine():
+    """A report taken with other work on the machine says so (the numbers are then noisy)."""
+    report = {"model": "m.onnx", "kernel": "auto", "repeats": 3, "rows": [], "max_abs_diff": 0.0,
+              "max_abs_logit": 1.0,
+              "machine": {"cpu": "cpu", "logical_cpus": 2, "onnxruntime": "1.0", "load_average_1min": 1.7}}
+    assert "load average 1.70" in bench.render(report)
+    report["machine"]["load_average_1min"] = 0.1
+    assert "load average" not in bench.render(report)
+
+
+def test_interleaved_times_settles_before_each_measurement(monkeypatch):
+    """Every timed measurement is preceded by the idle pause and one untimed call."""
+    events: list[str] = []
+    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(f"sleep {s}"))
+    times = bench.interleaved_times({"a": lambda: events.append("a"), "b": lambda: events.append("b")}, 2,
+                                    warmup=0, min_seconds=0.0, settle=0.01)
+    assert [len(v) for v in times.values()] == [2, 2]
+    # calibration calls each once, then per round and contestant: sleep, untimed call, timed call(s)
+    rounds = events[2:]
+    assert rounds[0] == "sleep 0.01" and rounds[1] == "a" and rounds[2] == "a" and rounds[3] == "sleep 0.01"
