@@ -433,6 +433,7 @@ def bench_layers(layers: Sequence[tuple[int, int, int, int]] = MICRONET_LAYERS,
     """
     if repeats < 1 or batch < 1 or threads < 1:
         raise ValueError("repeats, batch and threads must be positive")
+    machine = machine_info()
     rows = []
     for cin, cout, size, stride in layers:
         x = np.random.default_rng(1).standard_normal((batch, cin, size, size)).astype(np.float32)
@@ -456,7 +457,7 @@ def bench_layers(layers: Sequence[tuple[int, int, int, int]] = MICRONET_LAYERS,
                 row[f"ternary_{k}_ms"] = med[f"ternary_{k}"] * 1e3
                 row[f"speedup_{k}"] = med["onnxruntime"] / med[f"ternary_{k}"]
             rows.append(row)
-    return {"machine": machine_info(), "batch": batch, "threads": threads, "repeats": repeats,
+    return {"machine": machine, "batch": batch, "threads": threads, "repeats": repeats,
             "kernels": list(kernels), "rows": rows}
 
 
@@ -494,13 +495,37 @@ def _model_input(model: onnx.ModelProto) -> tuple[str, list[int]]:
     return inputs[0].name, shape
 
 
-# 1-minute load average above which a report says that other work shared the machine.
-BUSY_LOAD = 0.5
+# CPUs' worth of other work (measured over a short window before the run) above which a report says
+# that the machine was shared. (The load average lags by minutes: it still counts a test run that
+# just ended, so it is not used.)
+BUSY_CPUS = 0.3
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat, or None where there is no such file."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    return fields[3] + fields[4], sum(fields[:8])
+
+
+def busy_cpus(window: float = 0.25) -> float | None:
+    """How many CPUs' worth of work other processes did during ``window`` seconds (we sleep)."""
+    a = _cpu_times()
+    time.sleep(window)
+    b = _cpu_times()
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return (1.0 - (b[0] - a[0]) / (b[1] - a[1])) * (os.cpu_count() or 1)
 
 
 def machine_info() -> dict:
-    """CPU model name, logical CPU count, onnxruntime version and the load average before the run
-    (the machines are shared: a load near the CPU count means the numbers are noisy)."""
+    """CPU model name, logical CPU count, onnxruntime version and how busy the machine was just
+    before the run (the machines are shared: other work makes the numbers noisy)."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -511,26 +536,24 @@ def machine_info() -> dict:
     except OSError:
         pass
     try:
-        load = float(os.getloadavg()[0])
-    except OSError:
-        load = None
-    try:
         import onnxruntime
 
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = None
+    busy = busy_cpus()
     return {"cpu": name, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "onnxruntime": ort_version, "load_average_1min": load}
+            "onnxruntime": ort_version, "busy_cpus_before": None if busy is None else round(busy, 3)}
 
 
 def _machine_line(report: dict, what: str) -> str:
     machine = report["machine"]
     line = (f"machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, onnxruntime "
             f"{machine.get('onnxruntime')}; medians of {report['repeats']} {what}")
-    load = machine.get("load_average_1min")
-    if load is not None and load > BUSY_LOAD:
-        line += f"\nnote: load average {load:.2f} before the run: other work shares this machine, timings are noisy"
+    busy = machine.get("busy_cpus_before")
+    if busy is not None and busy > BUSY_CPUS:
+        line += (f"\nnote: other processes kept {busy:.1f} CPUs busy just before the run: "
+                 "this machine is shared, the timings are noisy")
     return line
 
 
@@ -557,6 +580,7 @@ def bench_model(path: str | os.PathLike[str], *, batches: Sequence[int] = (1, 64
         raise ValueError("repeats must be at least 1")
     if any(b < 1 for b in batches) or any(t < 1 for t in threads):
         raise ValueError("batch sizes and thread counts must be positive")
+    machine = machine_info()
     model = onnx.load(os.fspath(path))
     name, shape = _model_input(model)
     ternary_bytes = model.SerializeToString()
@@ -606,7 +630,7 @@ def bench_model(path: str | os.PathLike[str], *, batches: Sequence[int] = (1, 64
             del tern, dense
     finally:
         torch.set_num_threads(saved_threads)
-    return {"model": os.fspath(path), "machine": machine_info(), "repeats": repeats,
+    return {"model": os.fspath(path), "machine": machine, "repeats": repeats,
             "kernel": kernel or os.environ.get(KERNEL_ENV, "auto"), "rows": rows, "max_abs_diff": max_diff,
             "max_abs_logit": max_logit}
 

@@ -158,7 +158,7 @@ def test_bench_model_returns_documented_keys(ops_library, tiny_ternary, tmp_path
     report = bench.bench_model(path, batches=(1, 3), threads=(1, 2), repeats=1, checkpoint=ckpt,
                                min_seconds=0.001, warmup=1)
     assert set(report) == MODEL_KEYS
-    assert set(report["machine"]) >= {"cpu", "logical_cpus", "onnxruntime", "load_average_1min"}
+    assert set(report["machine"]) >= {"cpu", "logical_cpus", "onnxruntime", "busy_cpus_before"}
     assert report["max_abs_diff"] < 1e-3
     rows = report["rows"]
     assert {(r["batch"], r["threads"], r["runtime"]) for r in rows} == {
@@ -247,10 +247,29 @@ def test_render_flags_a_busy_machine():
     """A report taken with other work on the machine says so (the numbers are then noisy)."""
     report = {"model": "m.onnx", "kernel": "auto", "repeats": 3, "rows": [], "max_abs_diff": 0.0,
               "max_abs_logit": 1.0,
-              "machine": {"cpu": "cpu", "logical_cpus": 2, "onnxruntime": "1.0", "load_average_1min": 1.7}}
-    assert "load average 1.70" in bench.render(report)
-    report["machine"]["load_average_1min"] = 0.1
-    assert "load average" not in bench.render(report)
+              "machine": {"cpu": "cpu", "logical_cpus": 2, "onnxruntime": "1.0", "busy_cpus_before": 1.7}}
+    assert "kept 1.7 CPUs busy" in bench.render(report)
+    report["machine"]["busy_cpus_before"] = 0.05
+    assert "busy" not in bench.render(report)
+
+
+def test_busy_cpus_sees_other_work():
+    """A process spinning beside the measurement shows up as about one busy CPU."""
+    import subprocess
+    import sys
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        busy = bench.busy_cpus(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    if busy is None:
+        pytest.skip("no /proc/stat here")
+    assert busy > 0.5
 
 
 def test_interleaved_times_settles_before_each_measurement(monkeypatch):
