@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LIB := micronet_onnx/_lib/libmicronet_ops.so
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup lib test demo lint bench clean
+.PHONY: setup lib test test-sanitize demo lint bench clean
 
 setup: $(STAMP) $(LIB)
 
@@ -43,6 +43,16 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The runtime test files against an AddressSanitizer + UBSan build of the library (a developer check,
+# not part of `make test`: about 15 s more on top of the sanitizer build).
+SAN_LIB := runtime_ops/build-sanitize/out/libmicronet_ops.so
+test-sanitize: setup
+	SANITIZE=1 bash runtime_ops/build.sh
+	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	MICRONET_OPS_LIBRARY=$(CURDIR)/$(SAN_LIB) \
+	$(BIN)/python -m pytest -q tests/test_kernels.py tests/test_runtime_parity.py tests/test_runtime_validation.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check micronet_onnx export tests
 
@@ -51,4 +61,4 @@ bench: setup
 	OPENBLAS_NUM_THREADS=1 $(BIN)/mnx bench --random micronet-c100 --sparsity 0 --sparsity 0.5 --sparsity 0.9
 
 clean:
-	rm -rf runtime_ops/build micronet_onnx/_lib $(DEMO_DIR)
+	rm -rf runtime_ops/build runtime_ops/build-sanitize micronet_onnx/_lib $(DEMO_DIR)

@@ -4,6 +4,8 @@
 # Headers: see fetch_ort_headers.sh ($ORT_INCLUDE_DIR, system, or Debian trixie's libonnxruntime-dev).
 # Re-running only rebuilds what changed. When $PYTHON has onnxruntime, the result is loaded into it
 # once as a smoke check.
+#   SANITIZE=1 bash runtime_ops/build.sh   AddressSanitizer + UBSan build into runtime_ops/build-sanitize/
+#                                          (the packaged library is left alone; `make test-sanitize` uses it)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -11,6 +13,14 @@ ROOT="$(dirname "$HERE")"
 BUILD_DIR="$HERE/build"
 OUT_DIR="$ROOT/micronet_onnx/_lib"
 LIB_NAME=libmicronet_ops.so
+BUILD_TYPE=Release
+CXX_FLAGS=""
+if [ "${SANITIZE:-0}" = 1 ]; then
+  BUILD_DIR="$HERE/build-sanitize"
+  OUT_DIR="$BUILD_DIR/out"
+  BUILD_TYPE=Debug
+  CXX_FLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"
+fi
 
 die() { echo "runtime_ops/build.sh: error: $*" >&2; exit 1; }
 
@@ -20,7 +30,8 @@ command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || die "no C++ 
 ORT_INC="$(bash "$HERE/fetch_ort_headers.sh")" || die "no onnxruntime C API headers (see the message above)"
 
 mkdir -p "$BUILD_DIR"
-cmake -S "$HERE" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DORT_INCLUDE_DIR="$ORT_INC" > "$BUILD_DIR/configure.log" 2>&1 || {
+cmake -S "$HERE" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DCMAKE_CXX_FLAGS="$CXX_FLAGS" \
+  -DORT_INCLUDE_DIR="$ORT_INC" > "$BUILD_DIR/configure.log" 2>&1 || {
   cat "$BUILD_DIR/configure.log" >&2
   die "cmake configure failed"
 }
@@ -30,15 +41,17 @@ LIB="$BUILD_DIR/$LIB_NAME"
 [ -f "$LIB" ] || die "the build produced no $LIB"
 # The library must get the onnxruntime API only through RegisterCustomOps, never by linking.
 if command -v readelf >/dev/null 2>&1; then
-  if readelf -d "$LIB" | grep NEEDED | grep -qi onnxruntime; then die "$LIB_NAME links against onnxruntime"; fi
-  readelf --dyn-syms -W "$LIB" | grep -q ' RegisterCustomOps$' || die "$LIB_NAME does not export RegisterCustomOps"
+  if readelf -d "$LIB" | grep NEEDED | grep -i onnxruntime >/dev/null; then die "$LIB_NAME links against onnxruntime"; fi
+  readelf --dyn-syms -W "$LIB" | grep ' RegisterCustomOps$' >/dev/null || die "$LIB_NAME does not export RegisterCustomOps"
 fi
 
 mkdir -p "$OUT_DIR"
 cp "$LIB" "$OUT_DIR/.$LIB_NAME.tmp"
 mv -f "$OUT_DIR/.$LIB_NAME.tmp" "$OUT_DIR/$LIB_NAME"
 
-if [ -n "${PYTHON:-}" ] && "$PYTHON" -c "import onnxruntime" >/dev/null 2>&1; then
+if [ "${SANITIZE:-0}" = 1 ]; then
+  echo "runtime_ops/build.sh: built $OUT_DIR/$LIB_NAME (sanitizers: load it with LD_PRELOAD of libasan and libubsan)"
+elif [ -n "${PYTHON:-}" ] && "$PYTHON" -c "import onnxruntime" >/dev/null 2>&1; then
   "$PYTHON" - "$OUT_DIR/$LIB_NAME" <<'PY' || die "the library does not load into onnxruntime (see above)"
 import sys
 
