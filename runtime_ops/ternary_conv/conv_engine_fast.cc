@@ -354,7 +354,9 @@ void FastEngine::Decode() {
     std::vector<int32_t> ci_of;  // X channel -> stored input channel (group == 1 when S is used)
     if (has_sum_) {
       ci_of.assign(static_cast<size_t>(max_channel + 1), -1);
-      for (size_t c = 0; c < s.stored_channels.size(); ++c) ci_of[static_cast<size_t>(s.stored_channels[c])] = static_cast<int32_t>(c);
+      for (size_t c = 0; c < s.stored_channels.size(); ++c) {
+        ci_of[static_cast<size_t>(s.stored_channels[c])] = static_cast<int32_t>(c);
+      }
     }
     std::vector<uint8_t> nonzero(static_cast<size_t>(row_len));
     sparse_rows_ = s.m_stored + (has_sum_ ? 1 : 0);
