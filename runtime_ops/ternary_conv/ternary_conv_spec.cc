@@ -122,6 +122,26 @@ std::string CheckChannelMap(const ConstTensor& t, const char* name, uint64_t len
   return {};
 }
 
+// Reads the optional multiplier / shift pair inputs[first], inputs[first + 1]: each `length` values
+// of `dtype` (float16 or float32), value i stored at (*out[k])[slot(i)]; absent inputs keep *out[k].
+template <typename Slot>
+std::string ReadAffinePair(const ConstTensor* const inputs[], int first, const char* const names[2], int32_t dtype,
+                           uint64_t length, const std::string& length_why, std::vector<float>* const out[2],
+                           Slot slot) {
+  for (int k = 0; k < 2; ++k) {
+    const ConstTensor* t = inputs[first + k];
+    if (t == nullptr) continue;
+    std::string err = CheckVector(*t, names[k], dtype, length, length_why);
+    if (!err.empty()) return err;
+    for (uint64_t i = 0; i < length; ++i) {
+      const float v = dtype == tf::kFloatDtype ? static_cast<const float*>(t->data)[i]
+                                               : HalfToFloat(static_cast<const uint16_t*>(t->data)[i]);
+      (*out[k])[static_cast<size_t>(slot(i))] = v;
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[tf::kMaxInputs],
@@ -210,16 +230,11 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
   // ---- optional constant inputs ----
   spec->scale.assign(static_cast<size_t>(m_out), 1.0f);
   spec->bias.assign(static_cast<size_t>(m_out), 0.0f);
-  const char* affine_names[2] = {"scale", "bias"};
-  std::vector<float>* affine_out[2] = {&spec->scale, &spec->bias};
-  for (int k = 0; k < 2; ++k) {
-    const ConstTensor* t = inputs[tf::kInScale + k];
-    if (t == nullptr) continue;
-    err = CheckVector(*t, affine_names[k], tf::kAffineDtype, static_cast<uint64_t>(m_out), "M_out");
-    if (!err.empty()) return err;
-    const uint16_t* v = static_cast<const uint16_t*>(t->data);
-    for (int64_t o = 0; o < m_out; ++o) (*affine_out[k])[static_cast<size_t>(o)] = HalfToFloat(v[o]);
-  }
+  const char* const affine_names[2] = {"scale", "bias"};
+  std::vector<float>* const affine_out[2] = {&spec->scale, &spec->bias};
+  err = ReadAffinePair(inputs, tf::kInScale, affine_names, tf::kAffineDtype, static_cast<uint64_t>(m_out), "M_out",
+                       affine_out, [](uint64_t o) { return o; });
+  if (!err.empty()) return err;
 
   std::vector<int32_t> in_map;
   spec->has_in_channels = inputs[tf::kInInChannels] != nullptr;
@@ -243,20 +258,12 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
     const int64_t x_len = spec->has_in_channels ? spec->max_in_channel + 1 : n_stored;
     spec->in_scale.assign(static_cast<size_t>(x_len), 1.0f);
     spec->in_bias.assign(static_cast<size_t>(x_len), 0.0f);
-    const char* in_names[2] = {"in_scale", "in_bias"};
-    std::vector<float>* in_out[2] = {&spec->in_scale, &spec->in_bias};
-    for (int k = 0; k < 2; ++k) {
-      const ConstTensor* t = inputs[tf::kInInScale + k];
-      if (t == nullptr) continue;
-      err = CheckVector(*t, in_names[k], tf::kInAffineDtype, static_cast<uint64_t>(n_stored),
-                        "N_stored = weight_shape[1] * group");
-      if (!err.empty()) return err;
-      const float* v = static_cast<const float*>(t->data);
-      for (int64_t c = 0; c < n_stored; ++c) {
-        const int64_t xc = spec->has_in_channels ? in_map[static_cast<size_t>(c)] : c;
-        (*in_out[k])[static_cast<size_t>(xc)] = v[c];
-      }
-    }
+    const char* const in_names[2] = {"in_scale", "in_bias"};
+    std::vector<float>* const in_out[2] = {&spec->in_scale, &spec->in_bias};
+    err = ReadAffinePair(inputs, tf::kInInScale, in_names, tf::kInAffineDtype, static_cast<uint64_t>(n_stored),
+                         "N_stored = weight_shape[1] * group", in_out,
+                         [&](uint64_t c) { return spec->stored_channels[static_cast<size_t>(c)]; });
+    if (!err.empty()) return err;
   }
 
   spec->out_row.assign(static_cast<size_t>(m_out), -1);
