@@ -112,17 +112,13 @@ def check_format_version(model: str | os.PathLike[str] | bytes) -> None:
             version = int(opset.version)
     if version is None:
         return
-    limit = tf.max_inputs(version)
     for node in proto.graph.node:
-        if node.domain == tf.DOMAIN and node.op_type == tf.OP_TYPE and len(node.input) > limit:
-            newer = [v for v in tf.SUPPORTED_OPSET_VERSIONS if tf.max_inputs(v) >= len(node.input)]
-            extra = f"input {limit}" if len(node.input) == limit + 1 else f"inputs {limit}..{len(node.input) - 1}"
-            need = f" ({extra} came with {tf.DOMAIN} opset {newer[0]})" if newer else ""
-            raise tf.FormatError(
-                f"{tf.OP_TYPE} node {node.name!r} has {len(node.input)} inputs, but the model imports "
-                f"{tf.DOMAIN} opset {version}, whose nodes have at most {limit}{need}"
-            )
-
+        if node.domain == tf.DOMAIN and node.op_type == tf.OP_TYPE and len(node.input) > tf.max_inputs(version):
+            try:
+                tf.check_input_count(len(node.input), version)
+            except tf.FormatError as e:
+                raise tf.FormatError(f"{tf.OP_TYPE} node {node.name!r} {e} (the model imports opset {version})") \
+                    from None
 
 def create_session(
     model: str | os.PathLike[str] | bytes, threads: int | None = None, **kwargs: Any

@@ -741,16 +741,7 @@ def _ternary_analysis(
 ) -> dict[str, Any]:
     """Decode a TernaryConv's weight and collect what the counts need (``version``: the imported
     ``micronet`` opset, which limits the node's inputs)."""
-    limit = tf.max_inputs(version)
-    if len(node.input) < tf.NUM_REQUIRED_INPUTS or len(node.input) > limit:
-        newer = ""
-        if tf.NUM_REQUIRED_INPUTS <= len(node.input) <= tf.MAX_INPUTS:
-            extra = f"input {limit}" if len(node.input) == limit + 1 else f"inputs {limit}..{len(node.input) - 1}"
-            newer = f" ({extra} came with a newer {tf.DOMAIN} opset)"
-        raise tf.FormatError(
-            f"has {len(node.input)} inputs, expected {tf.NUM_REQUIRED_INPUTS}..{limit} for {tf.DOMAIN} "
-            f"opset {version}{newer}"
-        )
+    tf.check_input_count(len(node.input), version)
     attrs = tf.ConvAttrs.from_onnx(_attrs(node))
     inputs = list(node.input) + [""] * (tf.MAX_INPUTS - len(node.input))
 

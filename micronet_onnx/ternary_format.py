@@ -94,6 +94,19 @@ def max_inputs(opset_version: int) -> int:
     return MAX_INPUTS_V1 if opset_version == 1 else MAX_INPUTS
 
 
+def check_input_count(num_inputs: int, opset_version: int) -> None:
+    """Raise `FormatError` unless a node of this format version may have ``num_inputs`` inputs (empty
+    trailing names count: they are inputs of the node)."""
+    limit = max_inputs(opset_version)
+    if NUM_REQUIRED_INPUTS <= num_inputs <= limit:
+        return
+    newer = [v for v in SUPPORTED_OPSET_VERSIONS if NUM_REQUIRED_INPUTS <= num_inputs <= max_inputs(v)]
+    extra = f"input {limit}" if num_inputs == limit + 1 else f"inputs {limit}..{num_inputs - 1}"
+    why = f" ({extra} came with {DOMAIN} opset {newer[0]})" if newer and num_inputs > limit else ""
+    raise FormatError(f"has {num_inputs} inputs, but {DOMAIN} opset {opset_version} nodes have at least "
+                      f"{NUM_REQUIRED_INPUTS} and at most {limit}{why}")
+
+
 def packed_length(num_bits: int) -> int:
     """Bytes needed for ``num_bits`` bits."""
     return (int(num_bits) + 7) // 8

@@ -259,8 +259,10 @@ class FastRun final : public ConvRun {
 
 class FastEngine final : public ConvEngine {
  public:
-  FastEngine(const TernaryConvSpec& spec, const KernelTable* isa, bool dense) : s_(spec), isa_(isa), dense_(dense) {
-    Decode();
+  // `rows` is PlanRows(spec) (used by the sparse engine; the dense one ignores it)
+  FastEngine(const TernaryConvSpec& spec, const KernelTable* isa, bool dense, const RowPlan& rows)
+      : s_(spec), isa_(isa), dense_(dense) {
+    Decode(rows);
   }
   const char* Name() const override { return dense_ ? "dense" : "sparse"; }
 
@@ -269,7 +271,7 @@ class FastEngine final : public ConvEngine {
            size_t item) const noexcept;
 
  private:
-  void Decode();
+  void Decode(const RowPlan& rp);
   const float* SlotAffine(int64_t slot) const {
     return slot_affine_.empty() ? nullptr : slot_affine_.data() + 2 * slot;
   }
@@ -305,10 +307,9 @@ class FastEngine final : public ConvEngine {
   mutable std::unique_ptr<ConvEngine> direct_;
 };
 
-void FastEngine::Decode() {
+void FastEngine::Decode(const RowPlan& rp) {
   const TernaryConvSpec& s = s_;
-  const RowPlan rp = dense_ ? RowPlan{} : PlanRows(s);
-  has_sum_ = rp.use_sum;
+  has_sum_ = !dense_ && rp.use_sum;
   // slots: the channels of X that some tap reads, in increasing order (a channel that no non-zero
   // weight reads is neither copied nor visited), or every stored channel when S is summed
   int64_t max_channel = -1;
@@ -866,7 +867,7 @@ std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std:
   if (algo == Algo::kDirect) {
     engine = CreateDirectEngine(spec);
   } else {
-    engine = std::make_unique<FastEngine>(spec, c.isa, algo == Algo::kDense);
+    engine = std::make_unique<FastEngine>(spec, c.isa, algo == Algo::kDense, rows);
   }
   if (c.log) {
     int64_t complement = 0;
