@@ -7,11 +7,11 @@ See docs/export.md.
 
 from __future__ import annotations
 
-from .errors import ExportError, ParityError
-from .exporter import ExportReport, export_checkpoint, export_model, write_atomic
-from .graph import INPUT_NAME, OUTPUT_NAME, LayerReport, build_graph
-from .parity import ParityReport, default_probe
-from .versions import IR_VERSION, ONNX_OPSET, opset_imports
+from micronet_onnx.export.errors import ExportError, ParityError
+from micronet_onnx.export.exporter import ExportReport, export_checkpoint, export_model, write_atomic
+from micronet_onnx.export.graph import INPUT_NAME, OUTPUT_NAME, LayerReport, build_graph
+from micronet_onnx.export.parity import ParityReport, default_probe
+from micronet_onnx.format.versions import IR_VERSION, ONNX_OPSET, opset_imports
 
 __all__ = [
     "ExportError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .parity import ParityReport
+    from micronet_onnx.export.parity import ParityReport
 
 
 class ExportError(ValueError):

@@ -17,16 +17,15 @@ import onnx_graphsurgeon as gs
 import torch
 
 from micronet_onnx import __version__
-from micronet_onnx import ternary_format as tf
-from micronet_onnx.ec2t import is_ternary, overall_sparsity
+from micronet_onnx.export import parity
+from micronet_onnx.export.errors import ExportError, ParityError
+from micronet_onnx.export.folding import rounded_reference
+from micronet_onnx.export.graph import LayerReport, build_graph
 from micronet_onnx.fileio import atomic_writer, file_hash
+from micronet_onnx.format import spec as tf
+from micronet_onnx.format.versions import IR_VERSION, ONNX_OPSET, opset_imports
 from micronet_onnx.model import MicroNet
-
-from . import parity
-from .errors import ExportError, ParityError
-from .folding import rounded_reference
-from .graph import LayerReport, build_graph
-from .versions import IR_VERSION, ONNX_OPSET, opset_imports
+from micronet_onnx.training.ec2t import is_ternary, overall_sparsity
 
 PRODUCER = "micronet-onnx"
 META_PREFIX = "micronet."
@@ -262,7 +261,7 @@ def export_checkpoint(
 
     Raises `CheckpointError` for unreadable or foreign checkpoints, `ExportError`, `ParityError`.
     """
-    from micronet_onnx.checkpoint import CheckpointError, build_model, load
+    from micronet_onnx.training.checkpoint import CheckpointError, build_model, load
 
     if probe_batch < 1:
         raise ExportError(f"probe batch must be at least 1, got {probe_batch}")

@@ -13,11 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from micronet_onnx import ternary_format as tf
-from micronet_onnx.ec2t import TernaryConv2d
+from micronet_onnx.export.errors import ExportError
+from micronet_onnx.format import spec as tf
 from micronet_onnx.model import MicroNet
-
-from .errors import ExportError
+from micronet_onnx.training.ec2t import TernaryConv2d
 
 
 def bn_params(bn: nn.BatchNorm2d, name: str) -> dict[str, np.ndarray]:

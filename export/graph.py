@@ -31,13 +31,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from torch import nn
 
-from micronet_onnx import ternary_format as tf
-from micronet_onnx.ec2t import TernaryConv2d
+from micronet_onnx.export import channels as ch
+from micronet_onnx.export.errors import ExportError
+from micronet_onnx.export.folding import TernaryParts, bn_affine, bn_params, conv_bn, conv_geometry, to_fp16, to_fp32
+from micronet_onnx.format import spec as tf
 from micronet_onnx.model import Block, MicroNet
-
-from . import channels as ch
-from .errors import ExportError
-from .folding import TernaryParts, bn_affine, bn_params, conv_bn, conv_geometry, to_fp16, to_fp32
+from micronet_onnx.training.ec2t import TernaryConv2d
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -97,7 +97,7 @@ def run_file(data: bytes, x: np.ndarray, *, ternary: bool) -> np.ndarray:
     if ternary:
         import onnx
 
-        from micronet_onnx.reference_op import reference_evaluator
+        from micronet_onnx.format.reference_op import reference_evaluator
 
         (y,) = reference_evaluator(onnx.load_from_string(data)).run(None, {"input": x})
         return np.asarray(y)

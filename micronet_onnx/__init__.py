@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .runtime import create_session, ops_library_path  # onnxruntime is imported lazily, on first use
+from micronet_onnx.runtime.session import (  # onnxruntime is imported lazily, on first use
+    create_session,
+    ops_library_path,
+)
 
 __version__ = "0.1.0"
 

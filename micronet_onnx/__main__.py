@@ -1,3 +1,3 @@
-from .cli import main
+from micronet_onnx.cli.app import main
 
 main()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fileio import file_hash
+from micronet_onnx.fileio import file_hash
 
 DATASETS = ("digits", "cifar10", "cifar100")
 DEFAULT_DATASET = "digits"

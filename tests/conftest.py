@@ -23,7 +23,7 @@ def digits():
 @pytest.fixture(scope="session")
 def ops_library() -> str:
     """Path of the compiled libmicronet_ops.so; fails (never skips) when it is missing: run `make lib`."""
-    from micronet_onnx.runtime import OpsLibraryError, ops_library_path
+    from micronet_onnx.runtime.session import OpsLibraryError, ops_library_path
 
     try:
         return ops_library_path()

@@ -13,11 +13,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from micronet_onnx import bench
-from micronet_onnx import ternary_format as tf
+from micronet_onnx.bench import model_bench as bench
 from micronet_onnx.export import export_model
-from micronet_onnx.reference_op import reference_evaluator
-from micronet_onnx.runtime import create_session
+from micronet_onnx.format import spec as tf
+from micronet_onnx.format.reference_op import reference_evaluator
+from micronet_onnx.runtime.session import create_session
 
 from .test_export import save_checkpoint, tiny_model
 from .test_runtime_parity import random_node
@@ -212,7 +212,7 @@ def test_kernel_choice_reports_every_node(ops_library, tiny_ternary):
 def _mnx(*args: str):
     from typer.testing import CliRunner
 
-    from micronet_onnx.cli import app
+    from micronet_onnx.cli.app import app
 
     return CliRunner().invoke(app, list(args))
 

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from micronet_onnx.ec2t import (
+from micronet_onnx.model import MicroNet, MicroNetConfig
+from micronet_onnx.training.ec2t import (
     EC2TConfig,
     EC2TQuantizer,
     TernaryConv2d,
@@ -15,8 +16,7 @@ from micronet_onnx.ec2t import (
     overall_sparsity,
     ternarize_model,
 )
-from micronet_onnx.model import MicroNet, MicroNetConfig
-from micronet_onnx.train import TrainConfig, train
+from micronet_onnx.training.loop import TrainConfig, train
 
 from .conftest import TINY
 
@@ -54,7 +54,7 @@ def test_init_centroids_and_nearest_assignment():
 def test_ternary_weights_hold_three_values_after_training(tmp_path):
     cfg = TrainConfig(**TINY, epochs=1, ternary=True, ternary_epochs=1, freeze_epochs=0, batch_size=64)
     train(cfg, tmp_path / "t.pt", log=lambda s: None)
-    from micronet_onnx.checkpoint import load_model
+    from micronet_onnx.training.checkpoint import load_model
 
     model, _ = load_model(tmp_path / "t.pt")
     for b in model.blocks():

@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from micronet_onnx import checkpoint
 from micronet_onnx import export as mx
-from micronet_onnx import ternary_format as tf
-from micronet_onnx.ec2t import EC2TConfig, ternarize_model, ternary_layers
+from micronet_onnx.format import spec as tf
+from micronet_onnx.format.reference_op import reference_evaluator
 from micronet_onnx.model import MicroNet, preset_config
-from micronet_onnx.reference_op import reference_evaluator
+from micronet_onnx.training import checkpoint
+from micronet_onnx.training.ec2t import EC2TConfig, ternarize_model, ternary_layers
 
 # `from micronet_onnx import export` keeps isort's first-party grouping (the package lives in export/).
 ExportError, ParityError, export_model = mx.ExportError, mx.ParityError, mx.export_model
@@ -396,7 +396,7 @@ def test_fp16_exports(tmodel, tmp_path):
 @pytest.mark.parametrize("version", [1, 2])
 def test_ternary_file_runs_with_custom_op_library(ternary_export, ternary_export_v1, ops_library, version):
     """The C++ kernels (runtime_ops/) agree with the reference op on an exported file, maps included."""
-    from micronet_onnx import runtime
+    from micronet_onnx.runtime import session as runtime
 
     path, _ = ternary_export if version == 2 else ternary_export_v1
     x = default_probe(batch=2).numpy()
@@ -478,7 +478,7 @@ def ckpts(tmp_path_factory, tmodel):
 
 
 def _mnx(*args: str):
-    from micronet_onnx.cli import app
+    from micronet_onnx.cli.app import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 

@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 import pytest
 
-from micronet_onnx.runtime import create_session
+from micronet_onnx.runtime.session import create_session
 
 from .test_runtime_parity import assert_close, random_node
 

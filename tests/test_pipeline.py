@@ -10,11 +10,12 @@ import onnx
 import pytest
 import torch
 
-from micronet_onnx import checkpoint, create_session
+from micronet_onnx import create_session
 from micronet_onnx.data import make_batch
 from micronet_onnx.export import export_checkpoint
-from micronet_onnx.scoring import score_model
-from micronet_onnx.train import TrainConfig, train
+from micronet_onnx.scoring.score import score_model
+from micronet_onnx.training import checkpoint
+from micronet_onnx.training.loop import TrainConfig, train
 
 from .conftest import TINY
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from micronet_onnx import ternary_format as tf
-from micronet_onnx.reference_op import reference_evaluator, ternary_conv
+from micronet_onnx.format import spec as tf
+from micronet_onnx.format.reference_op import reference_evaluator, ternary_conv
 
 
 def explicit(x, w, attrs: tf.ConvAttrs, *, scale=None, bias=None, in_channels=None, out_channels=None,

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from micronet_onnx import ternary_format as tf
-from micronet_onnx.reference_op import reference_evaluator, ternary_conv
-from micronet_onnx.runtime import create_session
+from micronet_onnx.format import spec as tf
+from micronet_onnx.format.reference_op import reference_evaluator, ternary_conv
+from micronet_onnx.runtime.session import create_session
 
 # ---------------------------------------------------------------------------------------------
 # model building (also used by test_runtime_validation.py)

@@ -20,9 +20,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from micronet_onnx import runtime
-from micronet_onnx import ternary_format as tf
-from micronet_onnx.reference_op import ternary_conv
+from micronet_onnx.format import spec as tf
+from micronet_onnx.format.reference_op import ternary_conv
+from micronet_onnx.runtime import session as runtime
 
 from .test_runtime_parity import ANY_NCHW, Node, make_model, random_node
 
@@ -184,7 +184,7 @@ def test_create_session_rejects_version_1_model_with_version_2_inputs(ops_librar
 
 CHILD = r"""
 import pickle, sys
-from micronet_onnx.runtime import create_session
+from micronet_onnx.runtime.session import create_session
 
 cases_path, results_path = sys.argv[1], sys.argv[2]
 with open(cases_path, "rb") as f:

@@ -14,8 +14,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from micronet_onnx import ternary_format as tf
-from micronet_onnx.scoring import (
+from micronet_onnx.format import spec as tf
+from micronet_onnx.scoring.score import (
     REFERENCE_OPS,
     REFERENCE_PARAMS,
     ScoreInputError,
@@ -289,7 +289,7 @@ def test_version_1_model_with_version_2_inputs_is_an_input_error(tmp_path, extra
 def test_cli_score_version_1_model_with_version_2_inputs_exit_2(tmp_path):
     from typer.testing import CliRunner
 
-    from micronet_onnx.cli import app
+    from micronet_onnx.cli.app import app
 
     path = tmp_path / "v1.onnx"
     onnx.save(one_ternary(codes_all_channels(2, 3), opset=1, in_bias=True), path)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from micronet_onnx import checkpoint
-from micronet_onnx import train as train_mod
-from micronet_onnx.train import TrainConfig, train
+from micronet_onnx.training import checkpoint
+from micronet_onnx.training import loop as train_mod
+from micronet_onnx.training.loop import TrainConfig, train
 
 from .conftest import TINY
 

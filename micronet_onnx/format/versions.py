@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import onnx
 
-from micronet_onnx import ternary_format as tf
+from micronet_onnx.format import spec as tf
 
 ONNX_OPSET = 17
 IR_VERSION = 8

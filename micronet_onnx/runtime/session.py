@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LIBRARY_ENV = "MICRONET_OPS_LIBRARY"
 LIBRARY_NAME = "libmicronet_ops.so"
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # micronet_onnx/
 _BUILD_HINT = "build it with `make lib` (runs runtime_ops/build.sh) in the source checkout"
 
 # keyword arguments of onnxruntime.InferenceSession (everything else is a SessionOptions attribute)
@@ -95,7 +95,7 @@ def check_format_version(model: str | os.PathLike[str] | bytes) -> None:
     """
     import onnx
 
-    from . import ternary_format as tf
+    from micronet_onnx.format import spec as tf
 
     if isinstance(model, (bytes, bytearray, memoryview)):
         proto = onnx.load_model_from_string(bytes(model))

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import typer
 
-from . import __version__
+from micronet_onnx import __version__
 
 app = typer.Typer(
     name="mnx",
@@ -92,9 +92,9 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print the final results as JSON on stdout."),
 ) -> None:
     """Train MicroNet in full precision, optionally followed by EC2T ternarization."""
-    from .ec2t import EC2TConfig
-    from .train import TrainConfig, layer_table
-    from .train import train as run_training
+    from micronet_onnx.training.ec2t import EC2TConfig
+    from micronet_onnx.training.loop import TrainConfig, layer_table
+    from micronet_onnx.training.loop import train as run_training
 
     with user_errors():
         if output.exists() and not resume and not force:
@@ -144,8 +144,8 @@ def export_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON on stdout."),
 ) -> None:
     """Export a checkpoint to ONNX, checking the file against the PyTorch model (docs/export.md)."""
-    from . import ternary_format as tf
-    from .export import ParityError, export_checkpoint
+    from micronet_onnx.export import ParityError, export_checkpoint
+    from micronet_onnx.format import spec as tf
 
     with user_errors():
         if format_version is None:
@@ -172,7 +172,7 @@ def score(
     tree_adder: bool = typer.Option(False, help="Count ternary accumulations in a 16,17,18..-bit tree adder."),
 ) -> None:
     """Storage (Appendix B and bits stored), operations and MicroNet score of an ONNX file (docs/scoring.md)."""
-    from .scoring import ScoreInputError, ScoreOptions, render_table, report_to_json, score_model
+    from micronet_onnx.scoring.score import ScoreInputError, ScoreOptions, render_table, report_to_json, score_model
 
     with user_errors():
         shape = None
@@ -202,8 +202,8 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Top-1 accuracy and images/s of an ONNX file in onnxruntime on the CPU."""
-    from .evaluate import evaluate_onnx, render
-    from .runtime import OpsLibraryError
+    from micronet_onnx.runtime.evaluate import evaluate_onnx, render
+    from micronet_onnx.runtime.session import OpsLibraryError
 
     with user_errors():
         if batch_size <= 0 or (threads is not None and threads <= 0):
@@ -228,9 +228,9 @@ def bench_ec2t(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Time one EC2T training step against one full-precision step (same model and batch)."""
-    from .bench_ec2t import bench_ec2t_step, render
-    from .model import PRESETS, preset_config
-    from .train import resolve_device
+    from micronet_onnx.model import PRESETS, preset_config
+    from micronet_onnx.training.bench_step import bench_ec2t_step, render
+    from micronet_onnx.training.loop import resolve_device
 
     with user_errors():
         if batch_size <= 0 or repeats <= 0:
@@ -260,8 +260,8 @@ def bench_cmd(
 ) -> None:
     """Images/s of a ternary file with our TernaryConv library against its dense float32 twin in stock
     onnxruntime (docs/runtime.md, "Kernels and performance")."""
-    from . import bench
-    from .runtime import OpsLibraryError
+    from micronet_onnx.bench import model_bench as bench
+    from micronet_onnx.runtime.session import OpsLibraryError
 
     with user_errors():
         if repeats <= 0 or min(batch) <= 0 or min(threads) <= 0:

@@ -14,8 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .ec2t import EC2TConfig, EC2TQuantizer, ternarize_model
-from .model import MicroNet, MicroNetConfig
+from micronet_onnx.model import MicroNet, MicroNetConfig
+from micronet_onnx.training.ec2t import EC2TConfig, EC2TQuantizer, ternarize_model
 
 
 def _sync(device: torch.device) -> None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from .ec2t import EC2TConfig, ternarize_model
-from .fileio import atomic_writer
-from .model import MicroNet, MicroNetConfig
+from micronet_onnx.fileio import atomic_writer
+from micronet_onnx.model import MicroNet, MicroNetConfig
+from micronet_onnx.training.ec2t import EC2TConfig, ternarize_model
 
 FORMAT = "micronet-onnx/checkpoint"
 VERSION = 1

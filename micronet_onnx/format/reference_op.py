@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from onnx.reference.op_run import OpRun
 
-from . import ternary_format as tf
+from micronet_onnx.format import spec as tf
 
 
 def conv2d_nchw(

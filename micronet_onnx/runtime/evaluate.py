@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import ternary_format as tf
-from .data import iterate, load_dataset, make_batch
+from micronet_onnx.data import iterate, load_dataset, make_batch
+from micronet_onnx.format import spec as tf
 
 META_PREFIX = "micronet."  # the exporter's metadata namespace
 
@@ -42,7 +42,7 @@ def open_session(path: str | Path, threads: int | None = None):
     """Our library's session for files with ``micronet`` ops, stock onnxruntime otherwise."""
     import onnxruntime as ort
 
-    from .runtime import create_session, session_options
+    from micronet_onnx.runtime.session import create_session, session_options
 
     if uses_micronet_ops(path):
         return create_session(str(path), threads=threads)

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import ternary_format as tf
+from micronet_onnx.format import spec as tf
 
 KERNEL_ENV = "MICRONET_TERNARY_KERNEL"
 
@@ -210,8 +210,8 @@ def random_ternary_micronet(preset: str = "micronet-c100", sparsity: float = 0.9
     """
     import torch
 
-    from .ec2t import EC2TConfig, ternarize_model, ternary_layers
-    from .model import PRESETS, MicroNet, preset_config
+    from micronet_onnx.model import PRESETS, MicroNet, preset_config
+    from micronet_onnx.training.ec2t import EC2TConfig, ternarize_model, ternary_layers
 
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
@@ -251,7 +251,7 @@ def make_random_ternary_model(preset: str = "micronet-c100", sparsity: float = 0
                               depth: float | None = None, width: float | None = None,
                               check: bool = False) -> Path:
     """Export `random_ternary_micronet` as a ternary ONNX file at ``path``; returns the path."""
-    from .export import export_model
+    from micronet_onnx.export import export_model
 
     model = random_ternary_micronet(preset, sparsity, seed=seed, depth=depth, width=width)
     path = Path(path)
@@ -334,7 +334,7 @@ def _ort_session(model: onnx.ModelProto | bytes, threads: int):
 
 
 def _ternary_session(model: onnx.ModelProto | bytes, threads: int, kernel: str | None = None):
-    from .runtime import create_session
+    from micronet_onnx.runtime.session import create_session
 
     data = model if isinstance(model, bytes) else model.SerializeToString()
     with kernel_env(kernel):
@@ -587,7 +587,7 @@ def bench_model(path: str | os.PathLike[str], *, batches: Sequence[int] = (1, 64
     dense_bytes = dense_twin(model).SerializeToString()
     torch_model = None
     if checkpoint is not None:
-        from .checkpoint import load_model
+        from micronet_onnx.training.checkpoint import load_model
 
         torch_model, _ = load_model(checkpoint)
     rows: list[dict] = []

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt_io
-from .data import AugmentConfig, Dataset, Split, iterate, load_dataset, make_batch
-from .ec2t import EC2TConfig, EC2TQuantizer, is_ternary, overall_sparsity, ternarize_model
-from .model import MicroNet, MicroNetConfig, count_parameters, preset_config
+from micronet_onnx.data import AugmentConfig, Dataset, Split, iterate, load_dataset, make_batch
+from micronet_onnx.model import MicroNet, MicroNetConfig, count_parameters, preset_config
+from micronet_onnx.training import checkpoint as ckpt_io
+from micronet_onnx.training.ec2t import EC2TConfig, EC2TQuantizer, is_ternary, overall_sparsity, ternarize_model
 
 PHASES = ("fp", "ec2t", "frozen")
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import MicroNet, ternarizable_convs
+from micronet_onnx.model import MicroNet, ternarizable_convs
 
 WN_GRAD_CHOICES = ("true", "ttq")
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import ternary_format as tf
+from micronet_onnx.format import spec as tf
 
 __all__ = [
     "REFERENCE_MODEL",

@@ -1,0 +1,1 @@
+"""Inference benchmarks: our library against the dense twin in stock onnxruntime (docs/runtime.md)."""
