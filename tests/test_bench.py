@@ -18,9 +18,8 @@ from micronet_onnx.export import export_model
 from micronet_onnx.format import spec as tf
 from micronet_onnx.format.reference_op import reference_evaluator
 from micronet_onnx.runtime.session import create_session
-
-from .test_export import save_checkpoint, tiny_model
-from .test_runtime_parity import random_node
+from tests.helpers.models import save_checkpoint, tiny_model
+from tests.helpers.nodes import random_node
 
 TINY_PRESET = dict(preset="micronet", depth=0.15, width=0.5)  # widths 8/16/32, 2 blocks per stage
 

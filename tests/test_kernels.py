@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from micronet_onnx.runtime.session import create_session
-
-from .test_runtime_parity import assert_close, random_node
+from tests.helpers.nodes import assert_close, random_node
 
 KERNEL_ENV = "MICRONET_TERNARY_KERNEL"
 ISA_ENV = "MICRONET_TERNARY_ISA"

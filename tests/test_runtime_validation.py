@@ -23,8 +23,7 @@ from onnx import TensorProto, helper
 from micronet_onnx.format import spec as tf
 from micronet_onnx.format.reference_op import ternary_conv
 from micronet_onnx.runtime import session as runtime
-
-from .test_runtime_parity import ANY_NCHW, Node, make_model, random_node
+from tests.helpers.nodes import ANY_NCHW, Node, make_model, random_node
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = ROOT / "runtime_ops" / "ternary_conv" / "ternary_format.h"

@@ -307,8 +307,7 @@ def test_version_1_and_version_2_exports_score_the_same():
     from pathlib import Path
 
     from micronet_onnx.export import export_model
-
-    from .test_export import tiny_model
+    from tests.helpers.models import tiny_model
 
     model = tiny_model(ternary=True, dead=False, zeros=0.5, seed=4)
     reports = {}

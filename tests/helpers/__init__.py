@@ -1,0 +1,1 @@
+"""Builders shared by the test modules (tests never import each other)."""
