@@ -104,3 +104,21 @@ def test_frozen_phase_never_selects_a_worse_model(trained):
     r = trained["results"]
     assert r["frozen"]["val_acc"] >= r["ec2t"]["val_acc"]
     assert r["final"]["phase"] == "frozen" and r["final"]["sparsity"] == r["ec2t"]["sparsity"]
+
+
+@pytest.mark.parametrize("library", ["missing", "unloadable"])
+def test_dense_file_evaluates_without_the_library(trained, tmp_path, library):
+    """A dense export is plain standard ONNX: `mnx eval` runs it in stock onnxruntime and never asks for
+    our library, while the ternary file of the same run says clearly that it needs it."""
+    bogus = tmp_path / "libmicronet_ops.so"
+    if library == "unloadable":
+        bogus.write_bytes(b"not a shared library")
+    env = {**os.environ, "MICRONET_OPS_LIBRARY": str(bogus)}
+    run = lambda path: subprocess.run([sys.executable, "-m", "micronet_onnx", "eval", str(path), "--json"],  # noqa: E731
+                                      capture_output=True, text=True, timeout=300, env=env)
+    dense = run(trained["dense"])
+    assert dense.returncode == 0, dense.stderr
+    assert json.loads(dense.stdout)["custom_ops"] is False
+    ternary = run(trained["ternary"])
+    assert ternary.returncode != 0 and "Traceback" not in ternary.stderr
+    assert len(ternary.stderr.strip().splitlines()) == 1 and "make lib" in ternary.stderr

@@ -106,7 +106,7 @@ def test_unloadable_library_raises_ops_library_error(monkeypatch, tmp_path):
     monkeypatch.setenv(runtime.LIBRARY_ENV, str(bogus))
     assert runtime.ops_library_path() == str(bogus.resolve())
     with pytest.raises(runtime.OpsLibraryError, match="make lib"):
-        runtime.create_session(b"")
+        runtime.create_session(_plain_node().model().SerializeToString())
     assert issubclass(runtime.OpsLibraryError, RuntimeError)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from micronet_onnx.data import iterate, load_dataset, make_batch
-from micronet_onnx.format import spec as tf
+from micronet_onnx.runtime.session import create_session, needs_library
 
 META_PREFIX = "micronet."  # the exporter's metadata namespace
 
@@ -33,23 +33,6 @@ def model_metadata(path: str | Path) -> dict[str, str]:
     return {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
 
 
-def uses_micronet_ops(path: str | Path) -> bool:
-    proto = onnx.load(str(path), load_external_data=False)
-    return any(op.domain == tf.DOMAIN for op in proto.opset_import)
-
-
-def open_session(path: str | Path, threads: int | None = None):
-    """Our library's session for files with ``micronet`` ops, stock onnxruntime otherwise."""
-    import onnxruntime as ort
-
-    from micronet_onnx.runtime.session import create_session, session_options
-
-    if uses_micronet_ops(path):
-        return create_session(str(path), threads=threads)
-    return ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                providers=["CPUExecutionProvider"])
-
-
 def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | None = None, *,
                   split: str = "test", batch_size: int = 64, threads: int | None = None,
                   limit: int | None = None) -> dict:
@@ -60,7 +43,7 @@ def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | 
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     part = getattr(ds, split)
-    session = open_session(path, threads)
+    session = create_session(path, threads=threads)
     input_name = session.get_inputs()[0].name
     n_out = session.get_outputs()[0].shape[-1]
     if isinstance(n_out, int) and n_out != ds.num_classes:
@@ -86,7 +69,7 @@ def evaluate_onnx(path: str | Path, dataset: str | None = None, data_dir: str | 
         "images_per_s": seen / compute if compute > 0 else 0.0,
         "batch_size": batch_size,
         "threads": threads,
-        "custom_ops": uses_micronet_ops(path),
+        "custom_ops": needs_library(path),
     }
     if "pytorch_test_acc" in meta and split == "test" and limit is None:
         result["pytorch_top1"] = float(meta["pytorch_test_acc"])

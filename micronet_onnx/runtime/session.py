@@ -8,10 +8,12 @@ created, so importing this module (and ``micronet_onnx``) stays cheap.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:  # pragma: no cover
+    import onnx
     import onnxruntime
 
 LIBRARY_ENV = "MICRONET_OPS_LIBRARY"
@@ -55,15 +57,17 @@ def ops_library_path() -> str:
     )
 
 
-def session_options(threads: int | None = None, **options: Any) -> onnxruntime.SessionOptions:
-    """`onnxruntime.SessionOptions` with the custom-op library registered.
+def session_options(threads: int | None = None, *, library: bool = True, config: Mapping[str, str] | None = None,
+                    **options: Any) -> onnxruntime.SessionOptions:
+    """`onnxruntime.SessionOptions` for the CPU provider, with our custom-op library registered when
+    ``library`` is true.
 
     ``threads`` sets ``intra_op_num_threads`` (the pool TernaryConv runs on); the graph optimization
-    level defaults to ``ORT_ENABLE_ALL``; every other keyword is set as a SessionOptions attribute.
+    level defaults to ``ORT_ENABLE_ALL``; ``config`` entries go to ``add_session_config_entry``; every
+    other keyword is set as a SessionOptions attribute.
     """
     import onnxruntime as ort
 
-    library = ops_library_path()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
@@ -76,31 +80,51 @@ def session_options(threads: int | None = None, **options: Any) -> onnxruntime.S
                 f"unknown session option {name!r}: no SessionOptions attribute nor one of {_SESSION_KWARGS}"
             )
         setattr(so, name, value)
-    try:
-        so.register_custom_ops_library(library)
-    except Exception as exc:  # onnxruntime raises its own exception types here
-        raise OpsLibraryError(
-            f"cannot load {library} into onnxruntime {ort.__version__}: {exc}; {_BUILD_HINT}"
-        ) from exc
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(str(key), str(value))
+    if library:
+        _register_library(so)
     return so
 
 
-def check_format_version(model: str | os.PathLike[str] | bytes) -> None:
-    """Raise `FormatError` when the model imports a ``micronet`` opset this library does not read, or
-    when a TernaryConv node has more inputs than its version allows (a version-1 model's nodes have at
-    most 8: inputs 8..10 came with version 2).
+def _register_library(so: onnxruntime.SessionOptions) -> None:
+    import onnxruntime as ort
 
-    onnxruntime itself cannot tell the kernel which version of a custom domain a model imports (it
-    resolves every version to the one registered schema), so the check is done here.
-    """
+    path = ops_library_path()
+    try:
+        so.register_custom_ops_library(path)
+    except Exception as exc:  # onnxruntime raises its own exception types here
+        raise OpsLibraryError(
+            f"cannot load {path} into onnxruntime {ort.__version__}: {exc}; {_BUILD_HINT}"
+        ) from exc
+
+
+ModelSource = Union[str, "os.PathLike[str]", bytes, "onnx.ModelProto"]
+
+
+def load_proto(model: ModelSource) -> onnx.ModelProto:
+    """The model's protobuf without external data (what the version check and the library decision read)."""
     import onnx
 
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return onnx.load_model_from_string(bytes(model))
+    return onnx.load(os.fspath(model), load_external_data=False)
+
+
+def check_format_version(model: ModelSource) -> int | None:
+    """The ``micronet`` format version ``model`` imports (None: it imports none), after checking it.
+
+    Raises `FormatError` when the model imports a ``micronet`` opset this library does not read, or
+    when a TernaryConv node has more inputs than its version allows (a version-1 model's nodes have at
+    most 8: inputs 8..10 came with version 2). onnxruntime itself cannot tell the kernel which version
+    of a custom domain a model imports (it resolves every version to the one registered schema), so
+    the check is done here.
+    """
     from micronet_onnx.format import spec as tf
 
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        proto = onnx.load_model_from_string(bytes(model))
-    else:
-        proto = onnx.load(os.fspath(model), load_external_data=False)
+    proto = load_proto(model)
     version = None
     for opset in proto.opset_import:
         if opset.domain == tf.DOMAIN:
@@ -111,7 +135,7 @@ def check_format_version(model: str | os.PathLike[str] | bytes) -> None:
                 )
             version = int(opset.version)
     if version is None:
-        return
+        return None
     for node in proto.graph.node:
         if node.domain == tf.DOMAIN and node.op_type == tf.OP_TYPE and len(node.input) > tf.max_inputs(version):
             try:
@@ -119,30 +143,45 @@ def check_format_version(model: str | os.PathLike[str] | bytes) -> None:
             except tf.FormatError as e:
                 raise tf.FormatError(f"{tf.OP_TYPE} node {node.name!r} {e} (the model imports opset {version})") \
                     from None
+    return version
+
+
+def needs_library(model: ModelSource) -> bool:
+    """Whether running ``model`` takes our custom-op library: it imports the ``micronet`` domain."""
+    return check_format_version(model) is not None
+
 
 def create_session(
-    model: str | os.PathLike[str] | bytes, threads: int | None = None, **kwargs: Any
+    model: ModelSource, threads: int | None = None, *, library: bool | None = None,
+    config: Mapping[str, str] | None = None, **kwargs: Any
 ) -> onnxruntime.InferenceSession:
-    """An `onnxruntime.InferenceSession` on the CPU provider that can run ``micronet`` ops.
+    """The one onnxruntime session factory: an `onnxruntime.InferenceSession` on the CPU provider,
+    with our custom-op library registered when the model imports the ``micronet`` domain.
 
-    ``model`` is a path or serialized model bytes. ``threads`` sets ``intra_op_num_threads`` (default:
-    onnxruntime's choice, one per core). Keyword arguments ``providers``, ``provider_options`` and
-    ``disabled_optimizers`` go to `onnxruntime.InferenceSession` (``providers`` defaults to
-    ``["CPUExecutionProvider"]``); any other keyword is set as an attribute of
-    `onnxruntime.SessionOptions`, e.g. ``graph_optimization_level``, ``inter_op_num_threads``,
-    ``execution_mode``, ``log_severity_level``, ``enable_profiling``, ``optimized_model_filepath``.
+    ``model`` is a path, serialized model bytes or a `onnx.ModelProto`. ``threads`` sets
+    ``intra_op_num_threads`` (default: onnxruntime's choice, one per core). ``library``: None (default)
+    registers the library only for files that need it, so a dense file runs where the library is
+    absent; True or False forces it. ``config``: session config entries. Keyword arguments
+    ``providers``, ``provider_options`` and ``disabled_optimizers`` go to
+    `onnxruntime.InferenceSession` (``providers`` defaults to ``["CPUExecutionProvider"]``); any other
+    keyword is set as an attribute of `onnxruntime.SessionOptions`, e.g. ``graph_optimization_level``,
+    ``inter_op_num_threads``, ``execution_mode``, ``log_severity_level``, ``enable_profiling``.
     A malformed TernaryConv node fails here with an onnxruntime error naming the node; a model that
     imports an unsupported ``micronet`` opset version, or a version-1 model with a node that has
-    version-2 inputs, raises `ternary_format.FormatError`.
+    version-2 inputs, raises `FormatError`.
     """
+    import onnx
     import onnxruntime as ort
 
     session_kwargs = {k: kwargs.pop(k) for k in _SESSION_KWARGS if k in kwargs}
     session_kwargs.setdefault("providers", ["CPUExecutionProvider"])
-    so = session_options(threads, **kwargs)
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        source: str | bytes = bytes(model)
+    version = check_format_version(model)
+    so = session_options(threads, library=(version is not None) if library is None else library, config=config,
+                         **kwargs)
+    if isinstance(model, onnx.ModelProto):
+        source: str | bytes = model.SerializeToString()
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        source = bytes(model)
     else:
         source = os.fspath(model)
-    check_format_version(source)
     return ort.InferenceSession(source, sess_options=so, **session_kwargs)
