@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 
 from micronet_onnx import __version__
+
+from .errors import error_boundary, fail, first_line
 
 app = typer.Typer(
     name="mnx",
@@ -20,28 +19,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr and a non-zero exit: 2 for usage errors, 1 for failed checks."""
-    typer.echo(f"mnx: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can cause (bad values, missing or foreign files) into exit 2."""
-    try:
-        yield
-    except (ValueError, OSError) as e:
-        fail(_first_line(e))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
 
 
 def _version(value: bool) -> None:
@@ -96,7 +73,7 @@ def train(
     from micronet_onnx.training.loop import TrainConfig, layer_table
     from micronet_onnx.training.loop import train as run_training
 
-    with user_errors():
+    with error_boundary():
         if output.exists() and not resume and not force:
             fail(f"{output} exists; pass --resume to continue it or --force to overwrite it")
         if resume and not output.exists():
@@ -147,7 +124,7 @@ def export_cmd(
     from micronet_onnx.export import ParityError, export_checkpoint
     from micronet_onnx.format import spec as tf
 
-    with user_errors():
+    with error_boundary():
         if format_version is None:
             format_version = tf.OPSET_VERSION
         elif format_version not in tf.SUPPORTED_OPSET_VERSIONS:
@@ -157,7 +134,7 @@ def export_cmd(
             report = export_checkpoint(checkpoint, output, ternary=ternary, fp16=fp16, check=not no_check,
                                        probe_batch=probe_batch, format_version=format_version)
         except ParityError as e:
-            fail(_first_line(e), 1)
+            fail(first_line(e), 1)
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_out else "\n".join(report.summary()))
 
 
@@ -174,7 +151,7 @@ def score(
     """Storage (Appendix B and bits stored), operations and MicroNet score of an ONNX file (docs/scoring.md)."""
     from micronet_onnx.scoring.score import ScoreInputError, ScoreOptions, render_table, report_to_json, score_model
 
-    with user_errors():
+    with error_boundary():
         shape = None
         if input_shape:
             try:
@@ -186,7 +163,7 @@ def score(
         try:
             report = score_model(model, opts)
         except ScoreInputError as e:
-            fail(_first_line(e))
+            fail(first_line(e))
     typer.echo(report_to_json(report) if json_out else render_table(report))
 
 
@@ -205,14 +182,14 @@ def eval_cmd(
     from micronet_onnx.runtime.evaluate import evaluate_onnx, render
     from micronet_onnx.runtime.session import OpsLibraryError
 
-    with user_errors():
+    with error_boundary():
         if batch_size <= 0 or (threads is not None and threads <= 0):
             fail("--batch-size and --threads must be positive")
         try:
             result = evaluate_onnx(model, dataset, str(data_dir) if data_dir else None, split=split,
                                    batch_size=batch_size, threads=threads, limit=limit)
         except OpsLibraryError as e:
-            fail(_first_line(e))
+            fail(first_line(e))
     typer.echo(json.dumps(result, indent=2) if json_out else render(result))
 
 
@@ -232,7 +209,7 @@ def bench_ec2t(
     from micronet_onnx.training.bench_step import bench_ec2t_step, render
     from micronet_onnx.training.loop import resolve_device
 
-    with user_errors():
+    with error_boundary():
         if batch_size <= 0 or repeats <= 0:
             fail("--batch-size and --repeats must be positive")
         paper = model in ("micronet-c10", "micronet-c100")
@@ -263,7 +240,7 @@ def bench_cmd(
     from micronet_onnx.bench import model_bench as bench
     from micronet_onnx.runtime.session import OpsLibraryError
 
-    with user_errors():
+    with error_boundary():
         if repeats <= 0 or min(batch) <= 0 or min(threads) <= 0:
             fail("--repeats, --batch and --threads must be positive")
         if any(not 0.0 <= s <= 1.0 for s in sparsity):
@@ -286,7 +263,7 @@ def bench_cmd(
             else:
                 reports = [bench.bench_model(model, **kwargs)]
         except OpsLibraryError as e:
-            fail(_first_line(e))
+            fail(first_line(e))
     if json_out:
         typer.echo(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return
@@ -296,8 +273,10 @@ def bench_cmd(
 
 
 def main() -> None:
+    """Entry point of `mnx`: the error boundary around the whole app, so nothing escapes as a traceback."""
     try:
-        app()
+        with error_boundary():
+            app()
     except BrokenPipeError:  # `mnx ... | head`
         sys.exit(1)
 
