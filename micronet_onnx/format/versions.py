@@ -1,4 +1,4 @@
-"""The ONNX versions an exported file declares: pinned here, and only here.
+"""The versions a file declares and a reader accepts: pinned here, and only here.
 
 - Default domain at opset 17 and IR version 8. Every op the exporter writes (Conv, Relu, Add,
   BatchNormalization-15, Cast, GlobalAveragePool, Flatten, Gemm) exists unchanged at opset 17, and
@@ -7,27 +7,77 @@
   1.12 on) and by custom-op libraries compiled against them; newer ONNX releases keep reading old
   IR and opsets, so nothing is gained by declaring the newest. Raise them only for an op that needs it.
 - The ``micronet`` domain at the format version of the file: by default the one writers emit,
-  `micronet_onnx.ternary_format.OPSET_VERSION` (never a copy of that constant), or an older one the
-  exporter can still write (``format_version=1``). It is imported only by files that contain a
-  TernaryConv node: a dense export is plain standard ONNX that any runtime loads without knowing the
-  domain.
+  `spec.OPSET_VERSION` (never a copy of that constant), or an older one the exporter can still
+  write (``format_version=1``). It is imported only by files that contain a TernaryConv node: a
+  dense export is plain standard ONNX that any runtime loads without knowing the domain.
+
+Readers check a model's format version with `micronet_version` and a node's input count with
+`check_input_count`; writers take their imports from `opset_imports`. Nothing else re-checks them.
 """
 
 from __future__ import annotations
 
 import onnx
 
-from micronet_onnx.format import spec as tf
+from micronet_onnx.format import spec
 
 ONNX_OPSET = 17
 IR_VERSION = 8
 
 
-def opset_imports(*, ternary: bool, format_version: int = tf.OPSET_VERSION) -> list[onnx.OperatorSetIdProto]:
-    """The opset imports of an exported model (``format_version``: the ``micronet`` opset of a ternary one)."""
-    if format_version not in tf.SUPPORTED_OPSET_VERSIONS:
-        raise ValueError(f"format version {format_version!r} is not one of {list(tf.SUPPORTED_OPSET_VERSIONS)}")
-    imports = [onnx.helper.make_opsetid("", ONNX_OPSET)]
+def check_format_version(version: object) -> int:
+    """``version`` as an int if it is a TernaryConv format version (``micronet`` opset) this package
+    reads and writes; `spec.FormatError` otherwise (a bool is not a version)."""
+    if isinstance(version, bool) or not isinstance(version, int) or version not in spec.SUPPORTED_OPSET_VERSIONS:
+        supported = ", ".join(map(str, spec.SUPPORTED_OPSET_VERSIONS))
+        raise spec.FormatError(f"{spec.DOMAIN} opset {version!r} is not a supported format version "
+                               f"(format version must be one of {supported})")
+    return int(version)
+
+
+def max_inputs(version: int) -> int:
+    """How many inputs a node of this format version may have."""
+    return spec.MAX_INPUTS_V1 if check_format_version(version) == 1 else spec.MAX_INPUTS
+
+
+def check_input_count(num_inputs: int, version: int) -> None:
+    """Raise `spec.FormatError` unless a node of this format version may have ``num_inputs`` inputs
+    (empty trailing names count: they are inputs of the node)."""
+    limit = max_inputs(version)
+    if spec.NUM_REQUIRED_INPUTS <= num_inputs <= limit:
+        return
+    newer = [v for v in spec.SUPPORTED_OPSET_VERSIONS if spec.NUM_REQUIRED_INPUTS <= num_inputs <= max_inputs(v)]
+    extra = f"input {limit}" if num_inputs == limit + 1 else f"inputs {limit}..{num_inputs - 1}"
+    why = f" ({extra} came with {spec.DOMAIN} opset {newer[0]})" if newer and num_inputs > limit else ""
+    raise spec.FormatError(f"has {num_inputs} inputs, but {spec.DOMAIN} opset {version} nodes have at least "
+                           f"{spec.NUM_REQUIRED_INPUTS} and at most {limit}{why}")
+
+
+def onnx_opsetid() -> onnx.OperatorSetIdProto:
+    """The default-domain import every written model carries."""
+    return onnx.helper.make_opsetid("", ONNX_OPSET)
+
+
+def opset_imports(*, ternary: bool, format_version: int = spec.OPSET_VERSION) -> list[onnx.OperatorSetIdProto]:
+    """The opset imports of a written model (``format_version``: the ``micronet`` opset of a ternary one)."""
+    version = check_format_version(format_version)
+    imports = [onnx_opsetid()]
     if ternary:
-        imports.append(onnx.helper.make_opsetid(tf.DOMAIN, int(format_version)))
+        imports.append(onnx.helper.make_opsetid(spec.DOMAIN, version))
     return imports
+
+
+def micronet_version(model: onnx.ModelProto) -> int | None:
+    """The format version (imported ``micronet`` opset) of ``model``; None when it imports none.
+
+    Raises `spec.FormatError` for an unsupported version, a domain imported twice with different
+    versions, or a graph that uses the domain without importing it (a truncated or hand-edited file).
+    """
+    versions = {int(o.version) for o in model.opset_import if o.domain == spec.DOMAIN}
+    if len(versions) > 1:
+        raise spec.FormatError(f"the model imports {spec.DOMAIN} at several opsets {sorted(versions)}")
+    if not versions:
+        if any(n.domain == spec.DOMAIN for n in model.graph.node):
+            raise spec.FormatError(f"the model uses domain {spec.DOMAIN!r} but does not import it")
+        return None
+    return check_format_version(versions.pop())
