@@ -13,7 +13,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from micronet_onnx.bench import model_bench as bench
+from micronet_onnx import bench
+from micronet_onnx.bench import harness
+from micronet_onnx.cli.bench_view import render, render_layers
 from micronet_onnx.export import export_model
 from micronet_onnx.format import spec as tf
 from micronet_onnx.format.reference_op import reference_evaluator
@@ -168,7 +170,7 @@ def test_bench_model_returns_documented_keys(ops_library, tiny_ternary, tmp_path
         if r["runtime"] == "dense":
             assert r["speedup_vs_dense"] == pytest.approx(1.0)
     json.dumps(report)  # plain data
-    text = bench.render(report)
+    text = render(report)
     assert "ternary/dense" in text and "ternary/torch" in text and str(path) in text
 
 
@@ -190,7 +192,7 @@ def test_bench_layers_returns_documented_keys(ops_library):
                 "speedup_dense"} <= set(r)
         # unit stride: always the sparse kernel; strided: dense at low sparsity (docs/runtime.md)
         assert r["auto_kernel"] == ("dense" if r["stride"] == 2 and r["sparsity"] == 0.0 else "sparse")
-    assert "onnxruntime" in bench.render_layers(report)
+    assert "onnxruntime" in render_layers(report)
     json.dumps(report)
 
 
@@ -247,9 +249,9 @@ def test_render_flags_a_busy_machine():
     report = {"model": "m.onnx", "kernel": "auto", "repeats": 3, "rows": [], "max_abs_diff": 0.0,
               "max_abs_logit": 1.0,
               "machine": {"cpu": "cpu", "logical_cpus": 2, "onnxruntime": "1.0", "busy_cpus_before": 1.7}}
-    assert "kept 1.7 CPUs busy" in bench.render(report)
+    assert "kept 1.7 CPUs busy" in render(report)
     report["machine"]["busy_cpus_before"] = 0.05
-    assert "busy" not in bench.render(report)
+    assert "busy" not in render(report)
 
 
 def test_busy_cpus_sees_other_work():
@@ -274,7 +276,7 @@ def test_busy_cpus_sees_other_work():
 def test_interleaved_times_settles_before_each_measurement(monkeypatch):
     """Every timed measurement is preceded by the idle pause and one untimed call."""
     events: list[str] = []
-    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(f"sleep {s}"))
+    monkeypatch.setattr(harness.time, "sleep", lambda s: events.append(f"sleep {s}"))
     times = bench.interleaved_times({"a": lambda: events.append("a"), "b": lambda: events.append("b")}, 2,
                                     warmup=0, min_seconds=0.0, settle=0.01)
     assert [len(v) for v in times.values()] == [2, 2]
