@@ -23,7 +23,7 @@ from micronet_onnx.export.folding import rounded_reference
 from micronet_onnx.export.graph import LayerReport, build_graph
 from micronet_onnx.fileio import atomic_writer, file_hash
 from micronet_onnx.format import spec as tf
-from micronet_onnx.format.versions import IR_VERSION, ONNX_OPSET, opset_imports
+from micronet_onnx.format.versions import IR_VERSION, ONNX_OPSET, check_format_version, opset_imports
 from micronet_onnx.model import MicroNet
 from micronet_onnx.training.ec2t import is_ternary, overall_sparsity
 
@@ -166,9 +166,10 @@ def export_model(
     """
     t0 = time.perf_counter()
     path = Path(path)
-    if isinstance(format_version, bool) or format_version not in tf.SUPPORTED_OPSET_VERSIONS:
-        raise ExportError(f"format version must be one of {', '.join(map(str, tf.SUPPORTED_OPSET_VERSIONS))}, "
-                          f"got {format_version!r}")
+    try:
+        check_format_version(format_version)
+    except tf.FormatError as e:
+        raise ExportError(str(e)) from None
     if not isinstance(model, MicroNet):
         raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
     if ternary and not is_ternary(model):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from micronet_onnx.export.errors import ExportError
-from micronet_onnx.format import spec as tf
+from micronet_onnx.format.node import decode_codes
 from micronet_onnx.model import MicroNet
 from micronet_onnx.training.ec2t import TernaryConv2d
 
@@ -105,12 +105,8 @@ class TernaryParts:
 
     def dense_weight(self) -> np.ndarray:
         """The decoded weight times the folded scale, float64 [M, N/g, kH, kW]."""
-        c = self.centroids.astype(np.float64)
-        w = np.where(self.codes > 0, c[1], np.where(self.codes < 0, c[0], 0.0))
+        w = decode_codes(self.codes, self.centroids).astype(np.float64)  # exact: float16 values
         return w * self.scale.astype(np.float64)[:, None, None, None]
-
-    def pack(self, codes: np.ndarray) -> tf.PackedTernary:
-        return tf.pack_ternary(codes, float(self.centroids[0]), float(self.centroids[1]))
 
 
 def _pads(conv: nn.Conv2d, name: str) -> tuple[int, int, int, int]:

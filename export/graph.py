@@ -29,12 +29,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 from torch import nn
 
 from micronet_onnx.export import channels as ch
 from micronet_onnx.export.errors import ExportError
 from micronet_onnx.export.folding import TernaryParts, bn_affine, bn_params, conv_bn, conv_geometry, to_fp16, to_fp32
 from micronet_onnx.format import spec as tf
+from micronet_onnx.format import versions
+from micronet_onnx.format.node import TernaryConvNode
 from micronet_onnx.model import Block, MicroNet
 from micronet_onnx.training.ec2t import TernaryConv2d
 
@@ -130,6 +133,25 @@ class _Builder:
         self.nodes.append(node)
         return out
 
+    def written_node(self, node: TernaryConvNode, tensors: dict[str, gs.Tensor], shape: list
+                     ) -> tuple[gs.Variable, list[gs.Constant]]:
+        """Add ``node`` as `TernaryConvNode.to_onnx` writes it (names, input order, attribute order,
+        initializers); ``tensors`` maps its non-constant inputs (X, residual) to graph tensors.
+        Returns the output and the node's constants."""
+        proto, inits = node.to_onnx()
+        consts = [self.const(t.name, numpy_helper.to_array(t)) for t in inits]
+        by_name: dict[str, gs.Tensor] = {**tensors, **{c.name: c for c in consts}}
+        inputs = [by_name[n] if n else gs.Variable.empty() for n in proto.input]
+        attrs = {}
+        for a in proto.attribute:
+            v = onnx.helper.get_attribute_value(a)
+            attrs[a.name] = v.decode() if isinstance(v, bytes) else v
+        out = gs.Variable(proto.output[0], dtype=np.float32, shape=shape)
+        written = gs.Node(proto.op_type, name=proto.name, attrs=attrs, inputs=inputs, outputs=[out])
+        written.domain = proto.domain
+        self.nodes.append(written)
+        return out, consts
+
     # -- layers --------------------------------------------------------------------------
     def dense_conv(self, name: str, x: gs.Tensor, shape: tuple, conv: nn.Conv2d, w: np.ndarray,
                    b: np.ndarray, act: str) -> tuple[gs.Variable, tuple]:
@@ -166,7 +188,6 @@ class _Builder:
             return y, oshape, None, None
         plan = ch.plan_channels(parts.codes, group=parts.groups, zero_inputs=zero_inputs,
                                 dead_inputs=dead_inputs)
-        packed = parts.pack(plan.stored_codes)
         m = plan.num_outputs
         attrs = tf.ConvAttrs(
             weight_shape=tuple(int(s) for s in plan.stored_codes.shape),
@@ -182,25 +203,18 @@ class _Builder:
             # Only the stored input channels: entry c normalises X channel in_channels[c].
             s64, t64 = bn_affine(in_bn, f"{name} input BatchNorm")
             keep = plan.in_channels.astype(np.int64)
-            in_scale = self.const(f"{name}.in_scale", to_fp32(s64[keep], f"{name} input BatchNorm scale"))
-            in_bias = self.const(f"{name}.in_bias", to_fp32(t64[keep], f"{name} input BatchNorm shift"))
-        consts = [
-            self.const(f"{name}.mask", packed.mask),
-            self.const(f"{name}.sign", packed.sign),
-            self.const(f"{name}.centroids", packed.centroids),
-            self.const(f"{name}.scale", parts.scale),
-            self.const(f"{name}.bias", parts.bias),
-            self.const(f"{name}.in_channels", plan.in_channels) if plan.needs_in_map else None,
-            self.const(f"{name}.out_channels", plan.out_rows) if plan.needs_out_map else None,
-            in_scale,
-            in_bias,
-        ]
-        optional = [*consts, residual]  # inputs 1..10; the residual is a run-time value, not a constant
-        while optional[-1] is None:
-            optional.pop()
-        inputs = [x, *(c if c is not None else gs.Variable.empty() for c in optional)]
-        oshape = (m, *attrs.output_hw(shape[1], shape[2]))
-        y = self.node(tf.OP_TYPE, name, inputs, [BATCH_DIM, *oshape], attrs.to_onnx(), domain=tf.DOMAIN)
+            in_scale = to_fp32(s64[keep], f"{name} input BatchNorm scale")
+            in_bias = to_fp32(t64[keep], f"{name} input BatchNorm shift")
+        node = TernaryConvNode(
+            name=name, x=x.name, output=f"{name}.out", attrs=attrs,
+            codes=plan.stored_codes.astype(np.int8), centroids=parts.centroids, scale=parts.scale, bias=parts.bias,
+            in_channels=plan.in_channels if plan.needs_in_map else None,
+            out_channels=plan.out_rows if plan.needs_out_map else None,
+            in_scale=in_scale, in_bias=in_bias, residual=None if residual is None else residual.name,
+            version=self.format_version)
+        oshape = tuple(node.output_shape([None, *shape])[1:])
+        y, consts = self.written_node(node, {x.name: x, **({} if residual is None else {residual.name: residual})},
+                                      [BATCH_DIM, *oshape])
         dead = np.zeros(m, dtype=bool)
         dead[plan.dead_rows] = True
         const_vals = ch.activation(parts.bias.astype(np.float64), act)
@@ -210,7 +224,7 @@ class _Builder:
             stored_shape=list(attrs.weight_shape),
             nnz=int((plan.stored_codes != 0).sum()),
             sparsity=float((parts.codes == 0).mean()),
-            stored_bytes=int(sum(c.values.nbytes for c in consts if c is not None)),
+            stored_bytes=int(sum(c.values.nbytes for c in consts)),
             dead_outputs=plan.dead_all_zero,
             dead_outputs_zero_inputs=plan.dead_zero_inputs,
             constant_outputs={int(o): float(const_vals[o]) for o in plan.dead_rows},
@@ -270,8 +284,10 @@ def build_graph(model: MicroNet, *, ternary: bool, fp16: bool, input_hw: tuple[i
     ``format_version`` (TernaryConv format, ternary exports only): 2 fuses each block's bn1 into conv1
     (``in_scale``/``in_bias``) and its skip connection into conv2 (``residual``); 1 writes them as a
     standalone BatchNormalization and an Add."""
-    if format_version not in tf.SUPPORTED_OPSET_VERSIONS:
-        raise ExportError(f"format version must be one of {list(tf.SUPPORTED_OPSET_VERSIONS)}, got {format_version!r}")
+    try:
+        versions.check_format_version(format_version)
+    except tf.FormatError as e:
+        raise ExportError(str(e)) from None
     if not isinstance(model, MicroNet):
         raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
     if not isinstance(model.pool, nn.AdaptiveAvgPool2d) or model.pool.output_size not in (1, (1, 1)):
