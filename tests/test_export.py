@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from micronet_onnx import export as mx
 from micronet_onnx.format import spec as tf
+from micronet_onnx.format.node import decode_codes
 from micronet_onnx.format.reference_op import reference_evaluator
 from micronet_onnx.model import MicroNet
 from tests.helpers.models import save_checkpoint, tiny_model
@@ -83,7 +84,7 @@ def test_pack_unpack_round_trip(shape, kind):
     assert packed.sign.dtype == np.uint8 and packed.sign.size == (nnz + 7) // 8
     assert packed.nnz == nnz
     np.testing.assert_array_equal(tf.unpack_codes(packed.mask, packed.sign, shape), codes)
-    w = tf.decode_weight(packed.mask, packed.sign, packed.centroids, shape)
+    w = decode_codes(tf.unpack_codes(packed.mask, packed.sign, shape), packed.centroids)
     c = np.array([-0.3, 0.7], dtype=np.float16).astype(np.float32)
     expected = np.where(codes > 0, c[1], np.where(codes < 0, c[0], 0)).astype(np.float32)
     np.testing.assert_array_equal(w, expected)

@@ -9,6 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from micronet_onnx.format import spec as tf
+from micronet_onnx.format import versions
+from micronet_onnx.format.node import decode_codes
 from micronet_onnx.format.reference_op import reference_evaluator, ternary_conv
 
 
@@ -50,7 +52,8 @@ def _node(rng, m, n, k=3, *, pads=(1, 1, 1, 1), strides=(1, 1), m_out=0, relu=Fa
     packed = tf.pack_ternary(codes, -0.4, 0.7)
     attrs = tf.ConvAttrs(weight_shape=(m, n, k, k), pads=pads, strides=strides, num_output_channels=m_out,
                          activation="Relu" if relu else "").validate()
-    w = tf.decode_weight(packed.mask, packed.sign, packed.centroids, attrs.weight_shape).astype(np.float64)
+    w = decode_codes(tf.unpack_codes(packed.mask, packed.sign, attrs.weight_shape), packed.centroids)
+    w = w.astype(np.float64)
     return packed, attrs, w
 
 
@@ -180,8 +183,8 @@ def test_reference_evaluator_reads_inputs_8_to_10():
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(tf.DOMAIN, 2)],
-                              ir_version=8)
+    model = helper.make_model(graph, opset_imports=versions.opset_imports(ternary=True, format_version=2),
+                              ir_version=versions.IR_VERSION)
     x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
     r = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
     (y,) = reference_evaluator(model).run(None, {"X": x, "R": r})

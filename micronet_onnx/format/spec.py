@@ -1,6 +1,7 @@
-"""The TernaryConv file format: the one place its constants and bit layouts live.
+"""The TernaryConv file format: the one place its constants, bit layouts and attributes live.
 
-The exporter writes it, the scorer counts it, the numpy reference op and the tests read it, and
+The node built from them (reading, validation, the decode, output size, writing, lowering) is
+`micronet_onnx.format.node.TernaryConvNode`; the version rules are in `micronet_onnx.format.versions`.
 `runtime_ops/` mirrors these constants in C++ (its tests cross-check them against this module).
 The normative description is `docs/ternary-conv.md`; keep the two in step, and when the layout
 changes bump `OPSET_VERSION` and keep reading the old one.
@@ -86,27 +87,6 @@ class FormatError(ValueError):
     """A TernaryConv node or tensor that does not follow the format."""
 
 
-def max_inputs(opset_version: int) -> int:
-    """How many inputs a node of this format version may have."""
-    if opset_version not in SUPPORTED_OPSET_VERSIONS:
-        raise FormatError(f"{DOMAIN} opset {opset_version} is not supported (this reader reads "
-                          f"{list(SUPPORTED_OPSET_VERSIONS)})")
-    return MAX_INPUTS_V1 if opset_version == 1 else MAX_INPUTS
-
-
-def check_input_count(num_inputs: int, opset_version: int) -> None:
-    """Raise `FormatError` unless a node of this format version may have ``num_inputs`` inputs (empty
-    trailing names count: they are inputs of the node)."""
-    limit = max_inputs(opset_version)
-    if NUM_REQUIRED_INPUTS <= num_inputs <= limit:
-        return
-    newer = [v for v in SUPPORTED_OPSET_VERSIONS if NUM_REQUIRED_INPUTS <= num_inputs <= max_inputs(v)]
-    extra = f"input {limit}" if num_inputs == limit + 1 else f"inputs {limit}..{num_inputs - 1}"
-    why = f" ({extra} came with {DOMAIN} opset {newer[0]})" if newer and num_inputs > limit else ""
-    raise FormatError(f"has {num_inputs} inputs, but {DOMAIN} opset {opset_version} nodes have at least "
-                      f"{NUM_REQUIRED_INPUTS} and at most {limit}{why}")
-
-
 def packed_length(num_bits: int) -> int:
     """Bytes needed for ``num_bits`` bits."""
     return (int(num_bits) + 7) // 8
@@ -182,19 +162,6 @@ def unpack_codes(mask: np.ndarray, sign: np.ndarray, shape: tuple[int, ...]) -> 
     codes = np.zeros(numel, dtype=np.int8)
     codes[np.flatnonzero(nz)] = np.where(positive, 1, -1)
     return codes.reshape(shape)
-
-
-def decode_weight(mask: np.ndarray, sign: np.ndarray, centroids: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 weight tensor a stored ternary tensor stands for."""
-    centroids = np.asarray(centroids)
-    if centroids.dtype != CENTROID_DTYPE or centroids.shape != (2,):
-        raise FormatError(f"centroids must be float16 [2], got {centroids.dtype} {list(centroids.shape)}")
-    codes = unpack_codes(mask, sign, shape)
-    c = centroids.astype(np.float32)
-    out = np.zeros(codes.shape, dtype=np.float32)
-    out[codes < 0] = c[0]
-    out[codes > 0] = c[1]
-    return out
 
 
 @dataclass(frozen=True)
@@ -276,74 +243,10 @@ class ConvAttrs:
         ).validate()
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        """``(OH, OW)`` for an ``h`` x ``w`` input: the one copy of the output-size formula (a node's
+        `TernaryConvNode.output_shape` adds the rank and positive-size rules; dense convs of the
+        exporter use it too). May be below 1 for a kernel larger than the padded input."""
         kh, kw = self.weight_shape[2], self.weight_shape[3]
         oh = (h + self.pads[0] + self.pads[2] - self.dilations[0] * (kh - 1) - 1) // self.strides[0] + 1
         ow = (w + self.pads[1] + self.pads[3] - self.dilations[1] * (kw - 1) - 1) // self.strides[1] + 1
         return oh, ow
-
-
-@dataclass(frozen=True)
-class NodeTensors:
-    """The constant inputs of one TernaryConv node, checked against its attributes."""
-
-    attrs: ConvAttrs
-    codes: np.ndarray  # int8 [weight_shape] in {-1, 0, +1}
-    centroids: np.ndarray  # float16 [2]
-    scale: np.ndarray | None
-    bias: np.ndarray | None
-    in_channels: np.ndarray | None
-    out_channels: np.ndarray | None
-    in_scale: np.ndarray | None = None
-    in_bias: np.ndarray | None = None
-
-    def weight(self) -> np.ndarray:
-        """The float32 weight the node stands for."""
-        c = self.centroids.astype(np.float32)
-        return np.where(self.codes > 0, c[1], np.where(self.codes < 0, c[0], np.float32(0))).astype(np.float32)
-
-
-def check_node_tensors(attrs: ConvAttrs, mask: np.ndarray, sign: np.ndarray, centroids: np.ndarray,
-                       scale: np.ndarray | None = None, bias: np.ndarray | None = None,
-                       in_channels: np.ndarray | None = None, out_channels: np.ndarray | None = None,
-                       x_channels: int | None = None, in_scale: np.ndarray | None = None,
-                       in_bias: np.ndarray | None = None) -> NodeTensors:
-    """Every check docs/ternary-conv.md asks of a reader, in one place (reference op, scorer, tests).
-
-    ``x_channels`` is the channel count of X when known; without it the in_channels bound is not
-    checked (it is a run-time check).
-    """
-    codes = unpack_codes(mask, sign, attrs.weight_shape)
-    centroids = np.asarray(centroids)
-    if centroids.dtype != CENTROID_DTYPE or centroids.shape != (2,):
-        raise FormatError(f"centroids must be float16 [2], got {centroids.dtype} {list(centroids.shape)}")
-    m_out, m_stored = attrs.m_out, attrs.m_stored
-    n_stored = attrs.weight_shape[1] * attrs.group
-    for name, v in (("scale", scale), ("bias", bias)):
-        v = None if v is None else np.asarray(v)
-        if v is not None and (v.dtype != AFFINE_DTYPE or v.shape != (m_out,)):
-            raise FormatError(f"{name} must be float16 [{m_out}], got {v.dtype} {list(v.shape)}")
-    for name, v in (("in_scale", in_scale), ("in_bias", in_bias)):
-        v = None if v is None else np.asarray(v)
-        if v is not None and (v.dtype != IN_AFFINE_DTYPE or v.shape != (n_stored,)):
-            raise FormatError(f"{name} must be float32 [{n_stored}], got {v.dtype} {list(v.shape)}")
-    if in_channels is not None:
-        if attrs.group != 1:
-            raise FormatError("in_channels requires group == 1")
-        _check_channel_map(in_channels, n_stored, x_channels, "in_channels")
-    elif x_channels is not None and x_channels != n_stored:
-        raise FormatError(f"X has {x_channels} channels, the weight reads {n_stored} (and no in_channels map)")
-    if out_channels is not None:
-        _check_channel_map(out_channels, m_stored, m_out, "out_channels")
-    elif m_out != m_stored:
-        raise FormatError("num_output_channels differs from weight_shape[0] without out_channels")
-    return NodeTensors(attrs, codes, centroids, scale, bias, in_channels, out_channels, in_scale, in_bias)
-
-
-def _check_channel_map(v: np.ndarray, length: int, bound: int | None, name: str) -> None:
-    v = np.asarray(v)
-    if v.dtype != CHANNEL_MAP_DTYPE or v.shape != (length,):
-        raise FormatError(f"{name} must be int32 [{length}], got {v.dtype} {list(v.shape)}")
-    if v.size and (v.min() < 0 or (bound is not None and v.max() >= bound)):
-        raise FormatError(f"{name} has an index outside [0, {bound})")
-    if np.unique(v).size != v.size:
-        raise FormatError(f"{name} repeats an index")
