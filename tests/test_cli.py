@@ -35,6 +35,10 @@ def test_help_and_version():
     (["score", "{tmp}/none.onnx"], "no such file"),
     (["score", "{tmp}/exists.pt"], "not"),
     (["eval", "{tmp}/none.onnx"], "no such file"),
+    (["eval", "{tmp}/exists.pt", "--threads", "100000"], "threads must be in"),
+    (["eval", "{tmp}/exists.pt", "--limit", "-1"], "limit must be positive"),
+    (["eval", "{tmp}/exists.pt"], "not a readable ONNX model"),
+    (["eval", "/dev/null"], "not a readable ONNX model"),
     (["export", "{tmp}/exists.pt", "-o", "{tmp}/o.onnx"], "cannot read checkpoint"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, args, message):

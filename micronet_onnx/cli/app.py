@@ -179,18 +179,14 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Top-1 accuracy and images/s of an ONNX file in onnxruntime on the CPU."""
-    from micronet_onnx.runtime.evaluate import evaluate_onnx, render
-    from micronet_onnx.runtime.session import OpsLibraryError
+    from micronet_onnx.runtime.evaluate import evaluate_onnx
+
+    from .views import eval_line
 
     with error_boundary():
-        if batch_size <= 0 or (threads is not None and threads <= 0):
-            fail("--batch-size and --threads must be positive")
-        try:
-            result = evaluate_onnx(model, dataset, str(data_dir) if data_dir else None, split=split,
-                                   batch_size=batch_size, threads=threads, limit=limit)
-        except OpsLibraryError as e:
-            fail(first_line(e))
-    typer.echo(json.dumps(result, indent=2) if json_out else render(result))
+        result = evaluate_onnx(model, dataset, str(data_dir) if data_dir else None, split=split,
+                               batch_size=batch_size, threads=threads, limit=limit)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if json_out else eval_line(result))
 
 
 @app.command("bench-ec2t")
@@ -277,6 +273,8 @@ def main() -> None:
     try:
         with error_boundary():
             app()
+    except typer.Exit as e:  # raised by the boundary itself, outside click's own handling
+        sys.exit(e.exit_code)
     except BrokenPipeError:  # `mnx ... | head`
         sys.exit(1)
 

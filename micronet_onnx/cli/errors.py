@@ -78,7 +78,7 @@ def error_boundary() -> Iterator[None]:
     """Turn every exception but typer's own exits into `fail` (or re-raise it with ``MNX_DEBUG``)."""
     try:
         yield
-    except (typer.Exit, typer.Abort, SystemExit):
+    except (typer.Exit, typer.Abort, SystemExit, BrokenPipeError):
         raise
     except BaseException as e:  # noqa: BLE001 - this is the boundary
         if debug_enabled() and not isinstance(e, Failure):
