@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from micronet_onnx.format import spec as tf
 from micronet_onnx.format import versions
+from micronet_onnx.format.node import TernaryConvNode
 
 
 def random_ternary_micronet(preset: str = "micronet-c100", sparsity: float = 0.9, *, seed: int = 0,
@@ -79,28 +80,24 @@ def make_random_ternary_model(preset: str = "micronet-c100", sparsity: float = 0
 def single_layer_model(cin: int, cout: int, size: int, stride: int, sparsity: float, *, seed: int = 0,
                        relu: bool = True) -> onnx.ModelProto:
     """A one-node ternary model: 3x3 TernaryConv (pad 1) with scale, bias and optional ReLU, random
-    codes with the given share of zeros; input ``X`` [batch, cin, size, size], output ``Y``."""
+    codes with the given share of zeros; input ``X`` [batch, cin, size, size], output ``Y``. The node
+    is written by `TernaryConvNode.to_onnx`, the exporter's writer."""
     rng = np.random.default_rng(seed)
     shape = (cout, cin, 3, 3)
     codes = np.where(rng.random(shape) < sparsity, 0, rng.choice(np.array([-1, 1], np.int8), size=shape))
-    packed = tf.pack_ternary(codes.astype(np.int8), -0.05, 0.06)
     attrs = tf.ConvAttrs(weight_shape=shape, strides=(stride, stride), pads=(1, 1, 1, 1),
-                         activation="Relu" if relu else "").validate()
-    inits = {
-        "mask": packed.mask, "sign": packed.sign, "centroids": packed.centroids,
-        "scale": rng.uniform(0.5, 1.5, cout).astype(np.float16),
-        "bias": (rng.standard_normal(cout) * 0.1).astype(np.float16),
-    }
-    node = helper.make_node(tf.OP_TYPE, ["X", "mask", "sign", "centroids", "scale", "bias"], ["Y"],
-                            domain=tf.DOMAIN, name="tc", **attrs.to_onnx())
-    out = (size + 2 - 3) // stride + 1
+                         activation="Relu" if relu else "")
+    node = TernaryConvNode(name="tc", x="X", output="Y", attrs=attrs, codes=codes.astype(np.int8),
+                           centroids=np.array([-0.05, 0.06], tf.CENTROID_DTYPE),
+                           scale=rng.uniform(0.5, 1.5, cout).astype(np.float16),
+                           bias=(rng.standard_normal(cout) * 0.1).astype(np.float16)).validate()
+    proto, inits = node.to_onnx()
+    _, _, oh, ow = node.output_shape([None, cin, size, size])
     graph = helper.make_graph(
-        [node], "layer",
+        [proto], "layer",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", cin, size, size])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", cout, out, out])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", cout, oh, ow])],
+        inits,
     )
     return helper.make_model(graph, opset_imports=versions.opset_imports(ternary=True),
                              ir_version=versions.IR_VERSION)
-
-
