@@ -114,34 +114,25 @@ def load_proto(model: ModelSource) -> onnx.ModelProto:
 
 
 def check_format_version(model: ModelSource) -> int | None:
-    """The ``micronet`` format version ``model`` imports (None: it imports none), after checking it.
+    """The ``micronet`` format version ``model`` imports (None: it imports none), after checking that
+    this package reads it and that every TernaryConv node has the inputs its version allows.
 
-    Raises `FormatError` when the model imports a ``micronet`` opset this library does not read, or
-    when a TernaryConv node has more inputs than its version allows (a version-1 model's nodes have at
-    most 8: inputs 8..10 came with version 2). onnxruntime itself cannot tell the kernel which version
-    of a custom domain a model imports (it resolves every version to the one registered schema), so
-    the check is done here.
+    onnxruntime itself cannot tell the kernel which version of a custom domain a model imports (it
+    resolves every version to the one registered schema), so the checks that need the version are
+    made here, by `format.versions` (their one owner), before onnxruntime sees the model.
     """
-    from micronet_onnx.format import spec as tf
+    from micronet_onnx.format import spec, versions
 
     proto = load_proto(model)
-    version = None
-    for opset in proto.opset_import:
-        if opset.domain == tf.DOMAIN:
-            if opset.version not in tf.SUPPORTED_OPSET_VERSIONS:
-                raise tf.FormatError(
-                    f"the model imports {tf.DOMAIN} opset {opset.version}; this library reads versions "
-                    f"{list(tf.SUPPORTED_OPSET_VERSIONS)}"
-                )
-            version = int(opset.version)
+    version = versions.micronet_version(proto)
     if version is None:
         return None
     for node in proto.graph.node:
-        if node.domain == tf.DOMAIN and node.op_type == tf.OP_TYPE and len(node.input) > tf.max_inputs(version):
+        if node.domain == spec.DOMAIN and node.op_type == spec.OP_TYPE:
             try:
-                tf.check_input_count(len(node.input), version)
-            except tf.FormatError as e:
-                raise tf.FormatError(f"{tf.OP_TYPE} node {node.name!r} {e} (the model imports opset {version})") \
+                versions.check_input_count(len(node.input), version)
+            except spec.FormatError as e:
+                raise spec.FormatError(f"{spec.OP_TYPE} node {node.name!r} {e} (the model imports opset {version})") \
                     from None
     return version
 
