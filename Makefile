@@ -34,8 +34,8 @@ DEMO_TRAIN := --model micronet --depth 0.3 --width 1 --epochs 15 --batch-size 64
 
 demo: setup
 	$(BIN)/mnx train $(DEMO_TRAIN) --force -o $(DEMO_DIR)/model.pt
-	$(BIN)/mnx export --ternary $(DEMO_DIR)/model.pt -o $(DEMO_DIR)/ternary.onnx
-	$(BIN)/mnx export $(DEMO_DIR)/model.pt -o $(DEMO_DIR)/dense.onnx
+	$(BIN)/mnx export --force --ternary $(DEMO_DIR)/model.pt -o $(DEMO_DIR)/ternary.onnx
+	$(BIN)/mnx export --force $(DEMO_DIR)/model.pt -o $(DEMO_DIR)/dense.onnx
 	$(BIN)/mnx eval $(DEMO_DIR)/dense.onnx
 	$(BIN)/mnx eval $(DEMO_DIR)/ternary.onnx
 	$(BIN)/mnx score $(DEMO_DIR)/ternary.onnx

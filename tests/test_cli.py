@@ -54,3 +54,31 @@ def test_user_errors_exit_2_with_one_line(tmp_path, args, message):
 def test_bad_option_value_is_a_usage_error():
     r = mnx("train", "-o", "x.pt", "--epochs", "many")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def _real_checkpoint(path):
+    from micronet_onnx.training.ec2t import EC2TConfig, ternarize_model
+    from tests.helpers.models import save_checkpoint, tiny_model
+
+    model = tiny_model(ternary=False)
+    ternarize_model(model, EC2TConfig())
+    save_checkpoint(model.eval(), path, ternary=True)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export", "--ternary", "{ck}", "-o", "{ck}"], "also an input"),
+    (["export", "--ternary", "{ck}", "-o", "{ck}", "--force"], "also an input"),
+    (["export", "--ternary", "{ck}", "-o", "{other}"], "exists; pass --force"),
+    (["export", "--ternary", "{ck}", "-o", "{tmp}"], "is a directory"),
+    (["train", "--ternary", "--init", "{ck}", "-o", "{ck}", "--force", "--epochs", "1"], "also an input"),
+])
+def test_outputs_never_replace_inputs_or_existing_files(tmp_path, args, message):
+    ck, other = tmp_path / "run.pt", tmp_path / "other.onnx"
+    _real_checkpoint(ck)
+    other.write_bytes(b"the user's file")
+    before = ck.read_bytes()
+    r = mnx(*[a.format(ck=ck, other=other, tmp=tmp_path) for a in args])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert ck.read_bytes() == before and other.read_bytes() == b"the user's file"

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from micronet_onnx import __version__
+from micronet_onnx.fileio import check_output
 
 from .errors import error_boundary, fail, first_line
 
@@ -74,12 +75,12 @@ def train(
     from micronet_onnx.training.loop import train as run_training
 
     with error_boundary():
-        if output.exists() and not resume and not force:
-            fail(f"{output} exists; pass --resume to continue it or --force to overwrite it")
         if resume and not output.exists():
             fail(f"--resume: no checkpoint at {output}")
         if init is not None and not init.is_file():
             fail(f"--init: no checkpoint at {init}")
+        if not resume:
+            check_output(output, inputs=(init,), force=force, flag="--resume to continue it or --force")
         ec2t = EC2TConfig(lambda_gain=lambda_gain, centroid_init=centroid_init, lr_weights=lr_weights,
                           lr_centroids=lr_centroids, lr_other=lr_other, wn_grad=wn_grad).validate()
         cfg = TrainConfig(
@@ -118,6 +119,7 @@ def export_cmd(
         None, "--format-version", help="TernaryConv format to write with --ternary: 2 (the default: bn1 and "
         "the skip connection fused into the TernaryConv nodes) or 1 (standalone BatchNormalization and Add, "
         "for readers of version 1)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output instead of refusing."),
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON on stdout."),
 ) -> None:
     """Export a checkpoint to ONNX, checking the file against the PyTorch model (docs/export.md)."""
@@ -130,6 +132,7 @@ def export_cmd(
         elif format_version not in tf.SUPPORTED_OPSET_VERSIONS:
             versions = " or ".join(map(str, tf.SUPPORTED_OPSET_VERSIONS))
             fail(f"--format-version must be {versions}, got {format_version}")
+        check_output(output, inputs=(checkpoint,), force=force)
         try:
             report = export_checkpoint(checkpoint, output, ternary=ternary, fp16=fp16, check=not no_check,
                                        probe_batch=probe_batch, format_version=format_version)
