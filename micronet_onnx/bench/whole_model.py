@@ -30,6 +30,21 @@ def _model_input(model: onnx.ModelProto) -> tuple[str, list[int]]:
     return inputs[0].name, shape
 
 
+def _rows(times: dict[str, list[float]], batch: int, threads: int) -> list[dict]:
+    """One report row per runtime from its seconds per batch of every round (medians; speed-up over
+    the dense twin's median)."""
+    dense_med = statistics.median(times["dense"])
+    rows = []
+    for runtime, samples in times.items():
+        med = statistics.median(samples)
+        rows.append({
+            "batch": batch, "threads": threads, "runtime": runtime, "ms_per_batch": med * 1e3,
+            "images_per_s": batch / med, "speedup_vs_dense": dense_med / med,
+            "samples": [round(s, 9) for s in samples],
+        })
+    return rows
+
+
 def bench_model(path: str | os.PathLike[str], *, batches: Sequence[int] = (1, 64), threads: Sequence[int] = (1, 2),
                 repeats: int = 7, checkpoint: str | os.PathLike[str] | None = None, kernel: str | None = None,
                 min_seconds: float = 0.1, warmup: int = 2, seed: int = 0) -> dict:
@@ -92,14 +107,7 @@ def bench_model(path: str | os.PathLike[str], *, batches: Sequence[int] = (1, 64
 
                     contestants["torch"] = run_torch
                 times = interleaved_times(contestants, repeats, warmup=warmup, min_seconds=min_seconds)
-                dense_med = statistics.median(times["dense"])
-                for runtime, samples in times.items():
-                    med = statistics.median(samples)
-                    rows.append({
-                        "batch": b, "threads": t, "runtime": runtime, "ms_per_batch": med * 1e3,
-                        "images_per_s": b / med, "speedup_vs_dense": dense_med / med,
-                        "samples": [round(s, 9) for s in samples],
-                    })
+                rows.extend(_rows(times, b, t))
             del tern, dense
     finally:
         torch.set_num_threads(saved_threads)
