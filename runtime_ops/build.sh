@@ -6,17 +6,24 @@
 # once as a smoke check.
 #   SANITIZE=1 bash runtime_ops/build.sh   AddressSanitizer + UBSan build into runtime_ops/build-sanitize/
 #                                          (the packaged library is left alone; `make test-sanitize` uses it)
+#   BUILD_DIR=/abs/dir bash runtime_ops/build.sh
+#                                          build in /abs/dir and leave the library there (not installed into
+#                                          micronet_onnx/_lib; point MICRONET_OPS_LIBRARY at it)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
-BUILD_DIR="$HERE/build"
 OUT_DIR="$ROOT/micronet_onnx/_lib"
+if [ -n "${BUILD_DIR:-}" ]; then
+  OUT_DIR="$BUILD_DIR/out"
+else
+  BUILD_DIR="$HERE/build"
+fi
 LIB_NAME=libmicronet_ops.so
 BUILD_TYPE=Release
 CXX_FLAGS=""
 if [ "${SANITIZE:-0}" = 1 ]; then
-  BUILD_DIR="$HERE/build-sanitize"
+  [ "$BUILD_DIR" != "$HERE/build" ] || BUILD_DIR="$HERE/build-sanitize"
   OUT_DIR="$BUILD_DIR/out"
   BUILD_TYPE=Debug
   CXX_FLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"
@@ -43,6 +50,13 @@ LIB="$BUILD_DIR/$LIB_NAME"
 if command -v readelf >/dev/null 2>&1; then
   if readelf -d "$LIB" | grep NEEDED | grep -i onnxruntime >/dev/null; then die "$LIB_NAME links against onnxruntime"; fi
   readelf --dyn-syms -W "$LIB" | grep ' RegisterCustomOps$' >/dev/null || die "$LIB_NAME does not export RegisterCustomOps"
+fi
+# ... and export nothing else (exports.map): no helper or C++ runtime symbol of ours can clash with the
+# host process's.
+if command -v nm >/dev/null 2>&1; then
+  EXPORTED="$(nm -D --defined-only "$LIB" | awk '{print $NF}' | sort -u)"
+  [ "$EXPORTED" = "RegisterCustomOps" ] ||
+    die "$LIB_NAME must export only RegisterCustomOps (runtime_ops/exports.map), it exports: $(echo $EXPORTED)"
 fi
 
 mkdir -p "$OUT_DIR"

@@ -9,11 +9,17 @@
 #include <utility>
 #include <vector>
 
+#include "common/op_family.h"
 #include "common/ort_util.h"
-#include "ternary_conv/ternary_conv_op.h"
+#include "ternary_conv/register_ternary_conv.h"
 #include "ternary_conv/ternary_format.h"
 
 namespace {
+
+// Every op family of the library, each registering its own ops into the one "micronet" domain.
+constexpr micronet::OpFamily kFamilies[] = {
+    {"TernaryConv", micronet::ternary_conv::RegisterTernaryConvOps},
+};
 
 // One OrtCustomOpDomain per onnxruntime instance in the process, created on first use and kept for
 // the life of the process (session options only hold a pointer to it).
@@ -34,9 +40,11 @@ OrtStatus* GetDomain(const OrtApiBase* api_base, const OrtApi* api, OrtCustomOpD
   }
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api->CreateCustomOpDomain(micronet::ternary_format::kDomain, &domain)) return st;
-  if (OrtStatus* st = api->CustomOpDomain_Add(domain, micronet::ternary_conv::TernaryConvCustomOp())) {
-    api->ReleaseCustomOpDomain(domain);
-    return st;
+  for (const micronet::OpFamily& family : kFamilies) {
+    if (OrtStatus* st = family.register_ops(domain, api)) {
+      api->ReleaseCustomOpDomain(domain);
+      return st;
+    }
   }
   domains->push_back(DomainEntry{api_base, domain});
   *out = domain;

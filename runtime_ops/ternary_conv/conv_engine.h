@@ -53,18 +53,26 @@ class ConvEngine {
   virtual std::unique_ptr<ConvRun> Prepare(const RunGeometry& geometry) const = 0;
 };
 
-// Picks the engine for this spec (conv_engine_fast.cc): the sparse or the dense fast engine on the
-// best instruction set of this CPU, or what MICRONET_TERNARY_KERNEL / MICRONET_TERNARY_ISA force;
-// `label` names the node in the MICRONET_TERNARY_LOG line. Throws std::invalid_argument for a bad
-// environment value. The engine keeps a reference to `spec`, which must outlive it and every
-// ConvRun it prepares.
 // X's spatial size as the graph states it at session creation (0: unknown). Only a hint for the
 // kernel choice: every run checks X itself.
 struct ShapeHint {
   int64_t in_h = 0, in_w = 0;
 };
 
-std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const std::string& label,
+// Who a node is, for messages, the log and the report.
+struct NodeIdentity {
+  std::string label;   // "TernaryConv node 'name'" (or "(unnamed, output 'y')"): every message's prefix
+  std::string name;    // the node's name ("" when unnamed)
+  std::string output;  // the name of its output Y
+};
+
+// Picks the engine for this spec (engine_dispatch.cc): the sparse or the dense fast engine on the
+// best instruction set of this CPU, or what MICRONET_TERNARY_KERNEL / MICRONET_TERNARY_ISA force,
+// and writes the MICRONET_TERNARY_LOG line / MICRONET_TERNARY_REPORT record of `node`. Throws
+// std::invalid_argument for a bad environment value and std::runtime_error when the report cannot be
+// written. The engine keeps a reference to `spec`, which must outlive it and every ConvRun it
+// prepares.
+std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const NodeIdentity& node,
                                          const ShapeHint& hint = ShapeHint{});
 
 // The simple direct engine (conv_engine_direct.cc): any geometry, scalar code. Used for

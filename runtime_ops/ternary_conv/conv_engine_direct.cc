@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ternary_conv/conv_engine.h"
+#include "ternary_conv/conv_math.h"
 
 namespace micronet {
 namespace ternary_conv {
@@ -15,17 +16,6 @@ namespace {
 
 constexpr int64_t kTile = 2048;           // accumulator floats per tile (x2: positive and negative)
 constexpr double kWorkPerItem = 32768.0;  // target additions per parallel work item
-
-inline int64_t FloorDiv(int64_t a, int64_t b) {  // b > 0
-  const int64_t q = a / b;
-  return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-inline int64_t CeilDiv(int64_t a, int64_t b) { return -FloorDiv(-a, b); }  // b > 0
-
-inline float Activate(float v, Activation act) {
-  // NaN stays NaN, like numpy.maximum in the reference.
-  return (act == Activation::kRelu && v < 0.0f) ? 0.0f : v;
-}
 
 // Output positions o in [lo, hi) whose input position o * stride + offset lies in [0, size).
 struct ValidRange {

@@ -14,6 +14,7 @@
 
 #include "common/ort_util.h"
 #include "ternary_conv/conv_engine.h"
+#include "ternary_conv/conv_math.h"
 #include "ternary_conv/ternary_conv_spec.h"
 #include "ternary_conv/ternary_format.h"
 
@@ -28,7 +29,7 @@ constexpr double kMinParallelCost = 65536.0;
 
 struct Kernel {
   const OrtApi* api = nullptr;
-  std::string label;  // "TernaryConv node 'name'", the prefix of every error message
+  NodeIdentity node;  // node.label ("TernaryConv node 'name'") prefixes every error message
   TernaryConvSpec spec;
   std::unique_ptr<ConvEngine> engine;
   bool has_residual = false;  // input 10 (format v2) is given: checked and read at each run
@@ -53,13 +54,14 @@ bool ReadString(const OrtApi* api, Fn&& fn, std::string* out) {
   return true;
 }
 
-std::string NodeLabel(const OrtApi* api, const OrtKernelInfo* info) {
-  std::string name;
-  ReadString(api, [&](char* out, size_t* size) { return api->KernelInfo_GetNodeName(info, out, size); }, &name);
-  if (!name.empty()) return std::string(tf::kOpType) + " node '" + name + "'";
-  std::string output;
-  ReadString(api, [&](char* out, size_t* size) { return api->KernelInfo_GetOutputName(info, 0, out, size); }, &output);
-  return std::string(tf::kOpType) + " node (unnamed, output '" + output + "')";
+NodeIdentity ReadNodeIdentity(const OrtApi* api, const OrtKernelInfo* info) {
+  NodeIdentity id;
+  ReadString(api, [&](char* out, size_t* size) { return api->KernelInfo_GetNodeName(info, out, size); }, &id.name);
+  ReadString(api, [&](char* out, size_t* size) { return api->KernelInfo_GetOutputName(info, 0, out, size); },
+             &id.output);
+  id.label = !id.name.empty() ? std::string(tf::kOpType) + " node '" + id.name + "'"
+                              : std::string(tf::kOpType) + " node (unnamed, output '" + id.output + "')";
+  return id;
 }
 
 // True when the node has an int, float or string attribute `name`.
@@ -274,7 +276,7 @@ std::string ReadNode(const OrtApi* api, const OrtKernelInfo* info, Kernel* kerne
 
   err = BuildSpec(attrs, present, &kernel->spec);
   if (!err.empty()) return err;
-  kernel->engine = CreateEngine(kernel->spec, kernel->label, hint);
+  kernel->engine = CreateEngine(kernel->spec, kernel->node, hint);
   return {};
 }
 
@@ -288,10 +290,11 @@ OrtStatusPtr ORT_API_CALL CreateKernelV2(const OrtCustomOp*, const OrtApi* api, 
   std::string label = tf::kOpType;
   try {
     if (op_kernel == nullptr || info == nullptr) return MakeStatus(api, ORT_INVALID_ARGUMENT, label + ": null argument");
-    label = NodeLabel(api, info);
+    NodeIdentity node = ReadNodeIdentity(api, info);
+    label = node.label;
     auto kernel = std::make_unique<Kernel>();
     kernel->api = api;
-    kernel->label = label;
+    kernel->node = std::move(node);
     const std::string err = ReadNode(api, info, kernel.get());
     if (!err.empty()) return MakeStatus(api, ORT_INVALID_GRAPH, label + ": " + err);
     *op_kernel = kernel.release();
@@ -348,19 +351,15 @@ std::string Compute(const Kernel& k, OrtKernelContext* context) {
     return "X has " + std::to_string(g.channels) + " channels, expected " + std::to_string(s.n_stored) +
            " (weight_shape[1] * group)";
   }
-  // OH = floor((H + pad_top + pad_bottom - dil_h * (kH - 1) - 1) / stride_h) + 1, likewise OW.
-  int64_t padded_h = 0, padded_w = 0;
-  if (__builtin_add_overflow(g.in_h, s.pad_top + s.pad_bottom, &padded_h) ||
-      __builtin_add_overflow(g.in_w, s.pad_left + s.pad_right, &padded_w)) {
-    return "X is too large";
+  const OutputAxis rows = OutputRows(s, g.in_h), cols = OutputCols(s, g.in_w);
+  if (rows.status == OutputAxis::kOverflow || cols.status == OutputAxis::kOverflow) return "X is too large";
+  if (rows.status == OutputAxis::kEmpty || cols.status == OutputAxis::kEmpty) {
+    return "output would be empty: the kernel (extent " + std::to_string(rows.span) + "x" + std::to_string(cols.span) +
+           ") is larger than the padded input (" + std::to_string(rows.padded) + "x" + std::to_string(cols.padded) +
+           ")";
   }
-  const int64_t span_h = s.dil_h * (s.k_h - 1) + 1, span_w = s.dil_w * (s.k_w - 1) + 1;  // <= 2^48
-  if (padded_h < span_h || padded_w < span_w) {
-    return "output would be empty: the kernel (extent " + std::to_string(span_h) + "x" + std::to_string(span_w) +
-           ") is larger than the padded input (" + std::to_string(padded_h) + "x" + std::to_string(padded_w) + ")";
-  }
-  g.out_h = (padded_h - span_h) / s.stride_h + 1;
-  g.out_w = (padded_w - span_w) / s.stride_w + 1;
+  g.out_h = rows.out;
+  g.out_w = cols.out;
   int64_t plane = 0, per_batch = 0, total = 0;
   if (!MulOk(g.out_h, g.out_w, &plane) || !MulOk(plane, s.m_out, &per_batch) || !MulOk(per_batch, g.batch, &total) ||
       total > INT64_MAX / static_cast<int64_t>(sizeof(float))) {
@@ -418,14 +417,14 @@ OrtStatusPtr ORT_API_CALL KernelComputeV2(void* op_kernel, OrtKernelContext* con
   if (k == nullptr) return nullptr;  // cannot happen: creation failed sessions do not run
   try {
     const std::string err = Compute(*k, context);
-    if (!err.empty()) return MakeStatus(k->api, ORT_INVALID_ARGUMENT, k->label + ": " + err);
+    if (!err.empty()) return MakeStatus(k->api, ORT_INVALID_ARGUMENT, k->node.label + ": " + err);
     return nullptr;
   } catch (const std::bad_alloc&) {
-    return MakeStatus(k->api, ORT_FAIL, k->label + ": out of memory");
+    return MakeStatus(k->api, ORT_FAIL, k->node.label + ": out of memory");
   } catch (const std::exception& e) {
-    return MakeStatus(k->api, ORT_FAIL, k->label + ": " + e.what());
+    return MakeStatus(k->api, ORT_FAIL, k->node.label + ": " + e.what());
   } catch (...) {
-    return MakeStatus(k->api, ORT_FAIL, k->label + ": unknown error");
+    return MakeStatus(k->api, ORT_FAIL, k->node.label + ": unknown error");
   }
 }
 
@@ -476,7 +475,9 @@ int ORT_API_CALL GetVariadicHomogeneity(const OrtCustomOp*) noexcept { return 0;
 int ORT_API_CALL GetStartVersion(const OrtCustomOp*) noexcept { return tf::kSupportedOpsetVersions[0]; }
 int ORT_API_CALL GetEndVersion(const OrtCustomOp*) noexcept { return tf::kOpsetVersion; }
 
-OrtCustomOp MakeOp() {
+}  // namespace
+
+OrtCustomOp MakeTernaryConvOp() {
   OrtCustomOp op{};  // zero every field, including those newer than our version
   op.version = MICRONET_ORT_API_VERSION;
   op.CreateKernel = CreateKernelV1;
@@ -497,17 +498,10 @@ OrtCustomOp MakeOp() {
   op.GetVariadicOutputHomogeneity = GetVariadicHomogeneity;
   op.CreateKernelV2 = CreateKernelV2;
   op.KernelComputeV2 = KernelComputeV2;
-  op.InferOutputShapeFn = nullptr;  // the output type comes from GetOutputType
+  op.InferOutputShapeFn = InferOutputShape;  // ternary_conv_shape.cc (the element type comes from GetOutputType)
   op.GetStartVersion = GetStartVersion;
   op.GetEndVersion = GetEndVersion;
   return op;
-}
-
-}  // namespace
-
-const OrtCustomOp* TernaryConvCustomOp() {
-  static const OrtCustomOp op = MakeOp();
-  return &op;
 }
 
 }  // namespace ternary_conv

@@ -144,12 +144,10 @@ std::string ReadAffinePair(const ConstTensor* const inputs[], int first, const c
 
 }  // namespace
 
-std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[tf::kMaxInputs],
-                      TernaryConvSpec* spec) {
+std::string CheckAttributes(const NodeAttributes& attrs, TernaryConvSpec* spec) {
   const int64_t kMax = tf::kMaxAttributeValue;
   const std::string range_note = " (each at most " + std::to_string(kMax) + ")";
 
-  // ---- attributes ----
   if (!attrs.weight_shape) return "missing required attribute weight_shape (ints [M_stored, N_stored/group, kH, kW])";
   const std::vector<int64_t>& ws = *attrs.weight_shape;
   if (ws.size() != 4 || !InRange(ws, 1, kMax)) {
@@ -197,7 +195,34 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
   if (numel128 > (static_cast<unsigned __int128>(1) << 56)) {
     return "weight_shape " + ShapeString(ws) + " has too many elements";
   }
-  const uint64_t numel = static_cast<uint64_t>(numel128);
+
+  spec->m_stored = m_stored;
+  spec->cin_per_group = ws[1];
+  spec->k_h = ws[2];
+  spec->k_w = ws[3];
+  spec->group = group;
+  spec->n_stored = n_stored;
+  spec->m_out = m_out;
+  spec->stride_h = strides[0];
+  spec->stride_w = strides[1];
+  spec->pad_top = pads[0];
+  spec->pad_left = pads[1];
+  spec->pad_bottom = pads[2];
+  spec->pad_right = pads[3];
+  spec->dil_h = dilations[0];
+  spec->dil_w = dilations[1];
+  spec->activation = activation;
+  return {};
+}
+
+std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[tf::kMaxInputs],
+                      TernaryConvSpec* spec) {
+  // ---- attributes ----
+  std::string err = CheckAttributes(attrs, spec);
+  if (!err.empty()) return err;
+  const std::vector<int64_t>& ws = *attrs.weight_shape;
+  const int64_t group = spec->group, m_stored = spec->m_stored, n_stored = spec->n_stored, m_out = spec->m_out;
+  const uint64_t numel = static_cast<uint64_t>(ws[0] * ws[1] * ws[2] * ws[3]);  // <= 2^56 (checked)
   const std::string ws_str = "weight_shape " + ShapeString(ws);
 
   // ---- required constant inputs ----
@@ -205,7 +230,7 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
     if (inputs[i] == nullptr) return std::string("missing required input ") + tf::kInputNames[i];
   }
   const ConstTensor& mask = *inputs[tf::kInMask];
-  std::string err = CheckVector(mask, "mask", tf::kMaskDtype, tf::PackedLength(numel),
+  err = CheckVector(mask, "mask", tf::kMaskDtype, tf::PackedLength(numel),
                                 "ceil(numel / 8) for " + ws_str + ", numel " + std::to_string(numel));
   if (!err.empty()) return err;
   const uint8_t* mask_bytes = static_cast<const uint8_t*>(mask.data);
@@ -281,23 +306,7 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
     for (int64_t r = 0; r < m_stored; ++r) spec->out_row[static_cast<size_t>(r)] = static_cast<int32_t>(r);
   }
 
-  // ---- fill the spec and decode the weight ----
-  spec->m_stored = m_stored;
-  spec->cin_per_group = ws[1];
-  spec->k_h = ws[2];
-  spec->k_w = ws[3];
-  spec->group = group;
-  spec->n_stored = n_stored;
-  spec->m_out = m_out;
-  spec->stride_h = strides[0];
-  spec->stride_w = strides[1];
-  spec->pad_top = pads[0];
-  spec->pad_left = pads[1];
-  spec->pad_bottom = pads[2];
-  spec->pad_right = pads[3];
-  spec->dil_h = dilations[0];
-  spec->dil_w = dilations[1];
-  spec->activation = activation;
+  // ---- decode the weight ----
   spec->nnz = static_cast<int64_t>(nnz);
 
   const uint64_t row_len = static_cast<uint64_t>(ws[1] * ws[2] * ws[3]);

@@ -79,6 +79,11 @@ struct TernaryConvSpec {
   std::vector<int32_t> out_row;
 };
 
+// Validates the attributes alone and fills the geometry fields of `spec` (shape, group, m_out,
+// strides, pads, dilations, activation); BuildSpec starts with it, and shape inference, which sees
+// only the attributes, uses it too. Returns an empty string on success, else a one-line reason.
+std::string CheckAttributes(const NodeAttributes& attrs, TernaryConvSpec* spec);
+
 // Validates the attributes and constant inputs (index 1..9 of `inputs`; nullptr = absent optional
 // input; index 0 and 10 are run-time values and ignored) and fills `spec`. Returns an empty string
 // on success, else a one-line reason. Never reads outside the given tensors; may throw std::bad_alloc.
