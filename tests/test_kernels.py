@@ -169,7 +169,7 @@ CASES = {
         (2, 4, 10, 1),
     ),
     # complement forms (rows summed as (P, Z) or (N, Z) plus the window sum S; see PlanRows in
-    # conv_engine_fast.cc): low sparsity, with maps, dead rows, strides and every v2 input
+    # fast_decode.cc): low sparsity, with maps, dead rows, strides and every v2 input
     "complement_sp0_maps_dead_stride2_all_inputs": (
         lambda r: random_node(r, 10, 12, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), sparsity=0.0, x_channels=20,
                               m_out=16, affine=True, relu=True, in_affine=True, residual=True),

@@ -1,5 +1,5 @@
 // The fast TernaryConv compute kernels: plain-data job descriptions shared by the engine
-// (conv_engine_fast.cc) and the per-instruction-set kernel translation units
+// (fast_engine.h and its fast_*.cc units) and the per-instruction-set kernel translation units
 // (conv_kernels_avx512.cc, conv_kernels_avx2.cc, conv_kernels_portable.cc), each compiled with its
 // own target flags from the same template source (conv_kernels_impl.inc).
 //
@@ -29,7 +29,7 @@ namespace ternary_conv {
 namespace kernels {
 
 // A tap's offset into the band scratch. The scratch holds at most 48 Ki floats (kMaxScratchFloats
-// in conv_engine_fast.cc), so 16 bits suffice, and the tap tables of a whole model (about 1.4 M taps
+// in fast_engine.h), so 16 bits suffice, and the tap tables of a whole model (about 1.4 M taps
 // for MicroNet-C100 at 90 % sparsity) take half the cache they took as int32.
 using Offset = uint16_t;
 
