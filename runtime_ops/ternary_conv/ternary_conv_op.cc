@@ -198,6 +198,36 @@ std::string ViewTensor(const OrtApi* api, const OrtValue* value, const char* nam
   return {};
 }
 
+// X must be float32 when its type is known now (checked again at run time); its spatial size, when
+// the graph states it, goes to `hint`.
+std::string ReadXType(const OrtApi* api, const OrtKernelInfo* info, ShapeHint* hint) {
+  std::string x_name;
+  ReadString(api, [&](char* out, size_t* size) { return api->KernelInfo_GetInputName(info, 0, out, size); }, &x_name);
+  if (x_name.empty()) return "input X is missing";
+  OrtTypeInfo* type_info = nullptr;
+  if (StatusGuard(api, api->KernelInfo_GetInputTypeInfo(info, 0, &type_info)).ok() && type_info != nullptr) {
+    const OrtTensorTypeAndShapeInfo* tensor_info = nullptr;
+    ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    if (StatusGuard(api, api->CastTypeInfoToTensorInfo(type_info, &tensor_info)).ok() && tensor_info != nullptr) {
+      StatusGuard(api, api->GetTensorElementType(tensor_info, &type));
+      // X's spatial size when the graph states it (a hint for the kernel choice only; runs check X)
+      size_t rank = 0;
+      if (StatusGuard(api, api->GetDimensionsCount(tensor_info, &rank)).ok() && rank == 4) {
+        int64_t dims[4] = {0, 0, 0, 0};
+        if (StatusGuard(api, api->GetDimensions(tensor_info, dims, 4)).ok() && dims[2] > 0 && dims[3] > 0) {
+          hint->in_h = dims[2];
+          hint->in_w = dims[3];
+        }
+      }
+    }
+    api->ReleaseTypeInfo(type_info);
+    if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+      return "X must be float32, got " + DTypeName(static_cast<int32_t>(type));
+    }
+  }
+  return {};
+}
+
 std::string ReadNode(const OrtApi* api, const OrtKernelInfo* info, Kernel* kernel) {
   size_t num_inputs = 0, num_outputs = 0;
   if (!StatusGuard(api, api->KernelInfo_GetInputCount(info, &num_inputs)).ok() ||
@@ -210,35 +240,12 @@ std::string ReadNode(const OrtApi* api, const OrtKernelInfo* info, Kernel* kerne
   }
   if (num_outputs != 1) return "has " + std::to_string(num_outputs) + " outputs, expected 1";
 
-  // X must be float32 when its type is known now (checked again at run time).
-  std::string x_name;
-  ReadString(api, [&](char* out, size_t* size) { return api->KernelInfo_GetInputName(info, 0, out, size); }, &x_name);
-  if (x_name.empty()) return "input X is missing";
   ShapeHint hint;
-  OrtTypeInfo* type_info = nullptr;
-  if (StatusGuard(api, api->KernelInfo_GetInputTypeInfo(info, 0, &type_info)).ok() && type_info != nullptr) {
-    const OrtTensorTypeAndShapeInfo* tensor_info = nullptr;
-    ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-    if (StatusGuard(api, api->CastTypeInfoToTensorInfo(type_info, &tensor_info)).ok() && tensor_info != nullptr) {
-      StatusGuard(api, api->GetTensorElementType(tensor_info, &type));
-      // X's spatial size when the graph states it (a hint for the kernel choice only; runs check X)
-      size_t rank = 0;
-      if (StatusGuard(api, api->GetDimensionsCount(tensor_info, &rank)).ok() && rank == 4) {
-        int64_t dims[4] = {0, 0, 0, 0};
-        if (StatusGuard(api, api->GetDimensions(tensor_info, dims, 4)).ok() && dims[2] > 0 && dims[3] > 0) {
-          hint.in_h = dims[2];
-          hint.in_w = dims[3];
-        }
-      }
-    }
-    api->ReleaseTypeInfo(type_info);
-    if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-      return "X must be float32, got " + DTypeName(static_cast<int32_t>(type));
-    }
-  }
+  std::string err = ReadXType(api, info, &hint);
+  if (!err.empty()) return err;
 
   NodeAttributes attrs;
-  std::string err = ReadAttributes(api, info, &attrs);
+  err = ReadAttributes(api, info, &attrs);
   if (!err.empty()) return err;
 
   ConstTensor tensors[tf::kMaxInputs];
@@ -321,6 +328,31 @@ void ORT_API_CALL RunJobItem(void* data, size_t item) {
 // Checked a * b for non-negative values.
 bool MulOk(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
 
+// The residual input (format v2) of a run whose Y is y_dims (`total` elements): float32 of exactly Y's shape.
+std::string ReadResidual(const Kernel& k, OrtKernelContext* context, size_t num_inputs, const int64_t y_dims[4],
+                         int64_t total, const float** out) {
+  const OrtApi* api = k.api;
+  const OrtValue* r_value = nullptr;
+  if (num_inputs <= static_cast<size_t>(tf::kInResidual) ||
+      !StatusGuard(api, api->KernelContext_GetInput(context, tf::kInResidual, &r_value)).ok() || r_value == nullptr) {
+    return "input residual is missing";
+  }
+  ConstTensor r;
+  std::string err = ViewTensor(api, r_value, "residual", &r);
+  if (!err.empty()) return err;
+  if (r.dtype != tf::kFloatDtype) return "residual must be float32, got " + DTypeName(r.dtype);
+  if (r.shape.size() != 4 || r.shape[0] != y_dims[0] || r.shape[1] != y_dims[1] || r.shape[2] != y_dims[2] ||
+      r.shape[3] != y_dims[3]) {
+    std::string shape;
+    for (size_t i = 0; i < r.shape.size(); ++i) shape += (i ? ", " : "") + std::to_string(r.shape[i]);
+    return "residual must have Y's shape [" + std::to_string(y_dims[0]) + ", " + std::to_string(y_dims[1]) + ", " +
+           std::to_string(y_dims[2]) + ", " + std::to_string(y_dims[3]) + "], got [" + shape + "]";
+  }
+  if (total > 0 && r.data == nullptr) return "residual has no data";
+  *out = static_cast<const float*>(r.data);
+  return {};
+}
+
 std::string Compute(const Kernel& k, OrtKernelContext* context) {
   const OrtApi* api = k.api;
   const TernaryConvSpec& s = k.spec;
@@ -373,24 +405,8 @@ std::string Compute(const Kernel& k, OrtKernelContext* context) {
   }
   const float* residual = nullptr;
   if (k.has_residual) {
-    const OrtValue* r_value = nullptr;
-    if (num_inputs <= static_cast<size_t>(tf::kInResidual) ||
-        !StatusGuard(api, api->KernelContext_GetInput(context, tf::kInResidual, &r_value)).ok() || r_value == nullptr) {
-      return "input residual is missing";
-    }
-    ConstTensor r;
-    err = ViewTensor(api, r_value, "residual", &r);
+    err = ReadResidual(k, context, num_inputs, y_dims, total, &residual);
     if (!err.empty()) return err;
-    if (r.dtype != tf::kFloatDtype) return "residual must be float32, got " + DTypeName(r.dtype);
-    if (r.shape.size() != 4 || r.shape[0] != y_dims[0] || r.shape[1] != y_dims[1] || r.shape[2] != y_dims[2] ||
-        r.shape[3] != y_dims[3]) {
-      std::string shape;
-      for (size_t i = 0; i < r.shape.size(); ++i) shape += (i ? ", " : "") + std::to_string(r.shape[i]);
-      return "residual must have Y's shape [" + std::to_string(y_dims[0]) + ", " + std::to_string(y_dims[1]) + ", " +
-             std::to_string(y_dims[2]) + ", " + std::to_string(y_dims[3]) + "], got [" + shape + "]";
-    }
-    if (total > 0 && r.data == nullptr) return "residual has no data";
-    residual = static_cast<const float*>(r.data);
   }
   if (total == 0) return {};
   void* y_data = nullptr;

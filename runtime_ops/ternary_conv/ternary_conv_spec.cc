@@ -215,17 +215,15 @@ std::string CheckAttributes(const NodeAttributes& attrs, TernaryConvSpec* spec) 
   return {};
 }
 
-std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[tf::kMaxInputs],
-                      TernaryConvSpec* spec) {
-  // ---- attributes ----
-  std::string err = CheckAttributes(attrs, spec);
-  if (!err.empty()) return err;
-  const std::vector<int64_t>& ws = *attrs.weight_shape;
-  const int64_t group = spec->group, m_stored = spec->m_stored, n_stored = spec->n_stored, m_out = spec->m_out;
-  const uint64_t numel = static_cast<uint64_t>(ws[0] * ws[1] * ws[2] * ws[3]);  // <= 2^56 (checked)
-  const std::string ws_str = "weight_shape " + ShapeString(ws);
+namespace {
 
-  // ---- required constant inputs ----
+// The packed weight (mask, sign, centroids): checked, centroids into `spec`, the bit arrays and the
+// mask's popcount out.
+std::string ReadPackedWeight(const ConstTensor* const inputs[], const std::vector<int64_t>& ws, TernaryConvSpec* spec,
+                             const uint8_t** mask_out, const uint8_t** sign_out, uint64_t* nnz_out) {
+  const uint64_t numel = static_cast<uint64_t>(ws[0] * ws[1] * ws[2] * ws[3]);  // <= 2^56 (CheckAttributes)
+  const std::string ws_str = "weight_shape " + ShapeString(ws);
+  std::string err;
   for (int i = tf::kInMask; i < tf::kNumRequiredInputs; ++i) {
     if (inputs[i] == nullptr) return std::string("missing required input ") + tf::kInputNames[i];
   }
@@ -252,7 +250,17 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
   spec->c_neg = HalfToFloat(c16[tf::kCentroidNeg]);
   spec->c_pos = HalfToFloat(c16[tf::kCentroidPos]);
 
-  // ---- optional constant inputs ----
+  *mask_out = mask_bytes;
+  *sign_out = sign_bytes;
+  *nnz_out = nnz;
+  return {};
+}
+
+// The optional constant inputs 4..9 (scale, bias, in_channels, out_channels, in_scale, in_bias) into
+// `spec`; in_map is in_channels (empty when absent).
+std::string ReadOptionalInputs(const ConstTensor* const inputs[], TernaryConvSpec* spec, std::vector<int32_t>* in_map_out) {
+  const int64_t group = spec->group, m_stored = spec->m_stored, n_stored = spec->n_stored, m_out = spec->m_out;
+  std::string err;
   spec->scale.assign(static_cast<size_t>(m_out), 1.0f);
   spec->bias.assign(static_cast<size_t>(m_out), 0.0f);
   const char* const affine_names[2] = {"scale", "bias"};
@@ -261,7 +269,7 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
                        affine_out, [](uint64_t o) { return o; });
   if (!err.empty()) return err;
 
-  std::vector<int32_t> in_map;
+  std::vector<int32_t>& in_map = *in_map_out;
   spec->has_in_channels = inputs[tf::kInInChannels] != nullptr;
   if (spec->has_in_channels) {
     if (group != 1) return "in_channels is only allowed with group == 1, got group " + std::to_string(group);
@@ -306,7 +314,14 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
     for (int64_t r = 0; r < m_stored; ++r) spec->out_row[static_cast<size_t>(r)] = static_cast<int32_t>(r);
   }
 
-  // ---- decode the weight ----
+  return {};
+}
+
+// Decodes the validated mask and sign bits into spec->taps / row_start (positive, then negative taps
+// of each stored row, in (c, kh, kw) order).
+std::string DecodeTaps(const std::vector<int64_t>& ws, const uint8_t* mask_bytes, const uint8_t* sign_bytes,
+                       uint64_t nnz, const std::vector<int32_t>& in_map, TernaryConvSpec* spec) {
+  const int64_t group = spec->group, m_stored = spec->m_stored;
   spec->nnz = static_cast<int64_t>(nnz);
 
   const uint64_t row_len = static_cast<uint64_t>(ws[1] * ws[2] * ws[3]);
@@ -340,6 +355,24 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
   spec->row_start[static_cast<size_t>(2 * m_stored)] = static_cast<int64_t>(spec->taps.size());
   if (sign_index != nnz || spec->taps.size() != nnz) return "internal error: decoded tap count mismatch";
   return {};
+}
+
+}  // namespace
+
+std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[tf::kMaxInputs],
+                      TernaryConvSpec* spec) {
+  std::string err = CheckAttributes(attrs, spec);
+  if (!err.empty()) return err;
+  const std::vector<int64_t>& ws = *attrs.weight_shape;
+  const uint8_t* mask_bytes = nullptr;
+  const uint8_t* sign_bytes = nullptr;
+  uint64_t nnz = 0;
+  err = ReadPackedWeight(inputs, ws, spec, &mask_bytes, &sign_bytes, &nnz);
+  if (!err.empty()) return err;
+  std::vector<int32_t> in_map;
+  err = ReadOptionalInputs(inputs, spec, &in_map);
+  if (!err.empty()) return err;
+  return DecodeTaps(ws, mask_bytes, sign_bytes, nnz, in_map, spec);
 }
 
 }  // namespace ternary_conv
