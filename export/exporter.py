@@ -258,11 +258,11 @@ def export_checkpoint(
     best: bool = True,
     format_version: int = tf.OPSET_VERSION,
 ) -> ExportReport:
-    """Load a checkpoint (`micronet_onnx.checkpoint`) and export it; see `export_model`.
+    """Load a checkpoint (`micronet_onnx.training.checkpoint.Checkpoint`) and export it; see `export_model`.
 
-    Raises `CheckpointError` for unreadable or foreign checkpoints, `ExportError`, `ParityError`.
+    Raises `CheckpointError` for unreadable, foreign or malformed checkpoints, `ExportError`, `ParityError`.
     """
-    from micronet_onnx.training.checkpoint import CheckpointError, build_model, load
+    from micronet_onnx.training.checkpoint import Checkpoint
 
     if probe_batch < 1:
         raise ExportError(f"probe batch must be at least 1, got {probe_batch}")
@@ -270,16 +270,11 @@ def export_checkpoint(
         raise ExportError(f"format version must be one of {', '.join(map(str, tf.SUPPORTED_OPSET_VERSIONS))}, "
                           f"got {format_version!r}")
     checkpoint = Path(checkpoint)
-    ckpt = load(checkpoint)
-    if ternary and ckpt.get("ternary") is None:
+    ckpt = Checkpoint.load(checkpoint)
+    if ternary and not ckpt.is_ternary:
         raise ExportError(f"--ternary needs an EC2T checkpoint; {checkpoint} is full precision")
-    try:
-        model = build_model(ckpt, best=best)
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot build the model of {checkpoint}: {e}") from None
-    which = "best" if best and ckpt.get("best_state_dict") is not None else "final"
+    model = ckpt.build_model(best=best)
+    which = ckpt.weights_name(best)
     probe = parity.default_probe(batch=probe_batch, channels=int(model.stem_conv.in_channels))
     return export_model(
         model, path, ternary=ternary, fp16=fp16, probe=probe, check=check,
@@ -288,13 +283,13 @@ def export_checkpoint(
     )
 
 
-def _training_metadata(ckpt: dict) -> dict[str, str]:
-    """What `mnx eval` needs to pick the right data by default, and PyTorch's own accuracy."""
+def _training_metadata(ckpt) -> dict[str, str]:
+    """What `mnx eval` needs to pick the right data by default, and PyTorch's own accuracy.
+
+    ``ckpt`` is a `micronet_onnx.training.checkpoint.Checkpoint` (imported where it is loaded)."""
     out: dict[str, str] = {}
-    config = ckpt.get("config") or {}
-    if isinstance(config, dict) and isinstance(config.get("dataset"), str):
-        out["dataset"] = config["dataset"]
-    final = (ckpt.get("results") or {}).get("final") or {}
-    if isinstance(final, dict) and isinstance(final.get("test_acc"), float):
-        out["pytorch_test_acc"] = f"{final['test_acc']:.6f}"
+    if ckpt.dataset is not None:
+        out["dataset"] = ckpt.dataset
+    if ckpt.final_test_acc is not None:
+        out["pytorch_test_acc"] = f"{ckpt.final_test_acc:.6f}"
     return out

@@ -142,20 +142,18 @@ class _ChannelAffine(nn.Module):
 def rounded_reference(model: MicroNet) -> MicroNet:
     """A copy of ``model`` with exactly the float16 rounding a ternary file applies.
 
-    Each ternary conv gets its centroids rounded to float16, and the BN after it (bn2 / bn3, plus the
-    conv's bias) becomes the per-channel affine with float16-rounded scale and bias. Everything else
-    is untouched. For a full-precision model this is a plain copy. Eval mode.
+    Each ternary conv gets its centroids rounded to float16, and the BN after it (`Block.conv_bn_pairs`,
+    plus the conv's bias) becomes the per-channel affine with float16-rounded scale and bias. Everything
+    else is untouched. For a full-precision model this is a plain copy. Eval mode.
     """
     ref = copy.deepcopy(model).eval()
-    for si, stage in enumerate((ref.stage1, ref.stage2, ref.stage3), start=1):
-        for bi, block in enumerate(stage):
-            for conv_attr, bn_attr in (("conv1", "bn2"), ("conv2", "bn3")):
-                conv = getattr(block, conv_attr)
-                if not isinstance(conv, TernaryConv2d):
-                    continue
-                parts = TernaryParts(conv, getattr(block, bn_attr), f"stage{si}.{bi}.{conv_attr}")
-                conv.w_n.fill_(-float(parts.centroids[0]))
-                conv.w_p.fill_(float(parts.centroids[1]))
-                conv.register_parameter("bias", None)
-                setattr(block, bn_attr, _ChannelAffine(parts.scale, parts.bias))
+    for block_name, _, block in ref.iter_blocks():
+        for unit in list(block.conv_bn_pairs()):
+            if not isinstance(unit.conv, TernaryConv2d):
+                continue
+            parts = TernaryParts(unit.conv, unit.bn, f"{block_name}.{unit.name}")
+            unit.conv.w_n.fill_(-float(parts.centroids[0]))
+            unit.conv.w_p.fill_(float(parts.centroids[1]))
+            unit.conv.register_parameter("bias", None)
+            block.set_submodule(unit.bn_name, _ChannelAffine(parts.scale, parts.bias))
     return ref

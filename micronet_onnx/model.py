@@ -9,7 +9,9 @@ Architecture facts are from the EC2T paper's Appendix A and the authors' code
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -106,8 +108,33 @@ class Shortcut(nn.Module):
         return self.bn(self.conv(x))
 
 
+class ConvBN(NamedTuple):
+    """A conv of a block and the norm applied to its output, with their attribute paths in the block.
+
+    ``bn`` is the module, not necessarily an ``nn.BatchNorm2d``: export's float16 reference swaps it
+    for a per-channel affine with ``block.set_submodule(bn_name, ...)``.
+    """
+
+    name: str  # path of the conv inside its block: "conv1", "conv2", "shortcut.conv"
+    conv: nn.Conv2d
+    bn: nn.Module
+    bn_name: str  # path of the norm inside its block: "bn2", "bn3", "shortcut.bn"
+
+
+class BlockConv(NamedTuple):
+    """A conv inside MicroNet's blocks, named as in ``model.named_modules()``."""
+
+    name: str  # e.g. "stage2.0.conv1"
+    stage: int  # 0, 1, 2
+    conv: nn.Conv2d
+    bn: nn.Module  # the norm applied to its output
+
+
 class Block(nn.Module):
     """PyramidNet-order residual block: BN-conv-BN-ReLU-Dropout-conv-BN + shortcut."""
+
+    # the residual branch's convs and the norm after each, in forward order
+    _BRANCH = (("conv1", "bn2"), ("conv2", "bn3"))
 
     def __init__(self, cin: int, cout: int, stride: int, dropout: float) -> None:
         super().__init__()
@@ -126,8 +153,26 @@ class Block(nn.Module):
         out = self.bn3(self.conv2(out))
         return out + (x if self.shortcut is None else self.shortcut(x))
 
+    def conv_bn_pairs(self, *, shortcut: bool = False) -> Iterator[ConvBN]:
+        """The residual branch's two 3x3 convs, each with the BN after it (conv1 -> bn2, conv2 -> bn3);
+        with ``shortcut`` also the 1x1 shortcut conv and its BN where the block has one.
+
+        The one place that spells out which norm follows which conv, so folding, export and
+        ternarization never hard-code the attribute names.
+        """
+        for conv_name, bn_name in self._BRANCH:
+            yield ConvBN(conv_name, getattr(self, conv_name), getattr(self, bn_name), bn_name)
+        if shortcut and self.shortcut is not None:
+            yield ConvBN("shortcut.conv", self.shortcut.conv, self.shortcut.bn, "shortcut.bn")
+
 
 class MicroNet(nn.Module):
+    """Stem, three stages of `Block`s, head. Walk the structure with `iter_blocks` and `block_convs`
+    rather than spelling out ``stage1..3``: those names are this class's business (they are also the
+    prefixes of the state-dict keys, so they stay as they are)."""
+
+    STAGE_NAMES = ("stage1", "stage2", "stage3")
+
     def __init__(self, config: MicroNetConfig) -> None:
         super().__init__()
         self.config = config.validate()
@@ -145,7 +190,8 @@ class MicroNet(nn.Module):
                 blocks.append(Block(cin, cout, stride, config.dropout))
                 cin = cout
             stages.append(nn.Sequential(*blocks))
-        self.stage1, self.stage2, self.stage3 = stages
+        for name, stage in zip(self.STAGE_NAMES, stages):
+            setattr(self, name, stage)
         self.head_relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c3, config.num_classes)
@@ -162,23 +208,33 @@ class MicroNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def stages(self) -> tuple[nn.Sequential, ...]:
+        """The three stages (``nn.Sequential`` of `Block`), at 32x32, 16x16 and 8x8 for a 32x32 input."""
+        return tuple(getattr(self, name) for name in self.STAGE_NAMES)
+
+    def iter_blocks(self) -> Iterator[tuple[str, int, Block]]:
+        """``(name, stage index, block)`` in forward order; ``name`` as in ``named_modules()``
+        (``"stage2.0"``), the stage index counts from 0."""
+        for si, (stage_name, stage) in enumerate(zip(self.STAGE_NAMES, self.stages())):
+            for bi, block in enumerate(stage):
+                yield f"{stage_name}.{bi}", si, block
+
     def blocks(self) -> list[Block]:
-        return [*self.stage1, *self.stage2, *self.stage3]
+        return [block for _, _, block in self.iter_blocks()]
+
+    def block_convs(self) -> Iterator[BlockConv]:
+        """Every conv inside the blocks (the two 3x3 branch convs, then the 1x1 shortcut conv where
+        there is one), block by block in forward order, each with the norm after it."""
+        for name, si, block in self.iter_blocks():
+            for unit in block.conv_bn_pairs(shortcut=True):
+                yield BlockConv(f"{name}.{unit.name}", si, unit.conv, unit.bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_relu(self.stem_bn(self.stem_conv(x)))
-        x = self.stage3(self.stage2(self.stage1(x)))
+        for stage in self.stages():
+            x = stage(x)
         x = self.pool(self.head_relu(x)).flatten(1)
         return self.fc(x)
-
-
-def ternarizable_convs(model: MicroNet) -> list[tuple[str, nn.Conv2d]]:
-    """The layers EC2T quantizes: every 3x3 conv inside the blocks (not stem, shortcuts, FC)."""
-    out = []
-    for name, module in model.named_modules():
-        if name.startswith("stage") and (name.endswith(".conv1") or name.endswith(".conv2")):
-            out.append((name, module))
-    return out
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -14,7 +14,10 @@ from micronet_onnx.training.ec2t import (
     entropy_constrained_codes,
     nearest_codes,
     overall_sparsity,
+    paper_layer_filter,
+    selected_layers,
     ternarize_model,
+    ternary_layers,
 )
 from micronet_onnx.training.loop import TrainConfig, train
 
@@ -35,8 +38,25 @@ def test_only_block_3x3_convs_are_ternarized():
     assert torch.equal(model.stem_conv.weight, before["stem_conv.weight"])
     assert torch.equal(model.fc.weight, before["fc.weight"])
     for b in model.blocks():
-        assert isinstance(b.conv1, TernaryConv2d) and isinstance(b.conv2, TernaryConv2d)
-        assert b.conv1.stride == (2, 2) or b.shortcut is None or b.shortcut.conv.stride == (1, 1)
+        first, second = b.conv_bn_pairs()
+        assert isinstance(first.conv, TernaryConv2d) and isinstance(second.conv, TernaryConv2d)
+        assert first.conv.stride == (2, 2) or b.shortcut is None or b.shortcut.conv.stride == (1, 1)
+
+
+def test_layer_policy_is_a_filter():
+    model = tiny_model()
+    # the default filter is the paper's policy: the 3x3 convs inside the blocks, nothing else
+    names = [n for n, _ in selected_layers(model)]
+    assert names == [c.name for c in model.block_convs() if c.conv.kernel_size == (3, 3)]
+    assert names == [n for n, _ in selected_layers(model, paper_layer_filter(model))]
+    assert not paper_layer_filter(model)(model.stem_conv, "stem_conv")
+    # any other policy is a filter_fn(module, fqn), as in torchao's quantize_
+    custom = ternarize_model(tiny_model(), EC2TConfig(),
+                             filter_fn=lambda m, fqn: fqn == "stem_conv" or fqn.endswith("shortcut.conv"))
+    assert [n for n, _ in ternary_layers(custom)] == ["stem_conv", "stage2.0.shortcut.conv", "stage3.0.shortcut.conv"]
+    # ternarizing again with the default filter leaves those alone and adds the policy's layers
+    ternarize_model(custom, EC2TConfig())
+    assert len(ternary_layers(custom)) == 3 + len(names)
 
 
 def test_init_centroids_and_nearest_assignment():
@@ -54,11 +74,11 @@ def test_init_centroids_and_nearest_assignment():
 def test_ternary_weights_hold_three_values_after_training(tmp_path):
     cfg = TrainConfig(**TINY, epochs=1, ternary=True, ternary_epochs=1, freeze_epochs=0, batch_size=64)
     train(cfg, tmp_path / "t.pt", log=lambda s: None)
-    from micronet_onnx.training.checkpoint import load_model
+    from micronet_onnx.training.checkpoint import Checkpoint
 
-    model, _ = load_model(tmp_path / "t.pt")
+    model = Checkpoint.load(tmp_path / "t.pt").build_model()
     for b in model.blocks():
-        for conv in (b.conv1, b.conv2):
+        for conv in (unit.conv for unit in b.conv_bn_pairs()):
             w = conv.ternary_weight().detach()
             values = set(torch.unique(w).tolist())
             assert values <= {-conv.w_n.item(), 0.0, conv.w_p.item()}

@@ -10,8 +10,8 @@ from micronet_onnx.model import (
     count_parameters,
     preset_config,
     round_channels,
-    ternarizable_convs,
 )
+from micronet_onnx.training.ec2t import selected_layers
 
 
 def expected_params(widths, blocks, classes, cin=3):
@@ -47,7 +47,7 @@ def test_presets_match_paper(name, classes, expected_widths, blocks):
     assert cfg.blocks_per_stage == blocks == math.ceil(7 * cfg.depth - 1e-9)
     model = MicroNet(cfg)
     assert count_parameters(model) == expected_params(expected_widths, blocks, classes)
-    assert len(ternarizable_convs(model)) == 6 * blocks
+    assert len(selected_layers(model)) == 6 * blocks
 
 
 def test_paper_scale_numbers():
@@ -76,3 +76,25 @@ def test_preset_class_mismatch_and_bad_values():
         preset_config("resnet", 10)
     with pytest.raises(ValueError, match="depth"):
         preset_config("micronet", 10, depth=-1)
+
+
+def test_structure_api_walks_blocks_in_forward_order():
+    model = MicroNet(MicroNetConfig(num_classes=10, depth=0.15, width=0.5))
+    blocks = list(model.iter_blocks())
+    assert [(n, s) for n, s, _ in blocks] == [("stage1.0", 0), ("stage1.1", 0), ("stage2.0", 1), ("stage2.1", 1),
+                                             ("stage3.0", 2), ("stage3.1", 2)]
+    assert [b for _, _, b in blocks] == model.blocks()
+    modules = dict(model.named_modules())
+    for name, _, block in blocks:
+        assert modules[name] is block
+        pairs = list(block.conv_bn_pairs())
+        assert [(p.name, p.bn_name) for p in pairs] == [("conv1", "bn2"), ("conv2", "bn3")]
+        assert all(p.conv is block.get_submodule(p.name) and p.bn is block.get_submodule(p.bn_name) for p in pairs)
+    convs = list(model.block_convs())
+    # every conv inside the blocks, named as in named_modules (the stem conv is not one)
+    expected = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and n.startswith("stage")]
+    assert [c.name for c in convs] == expected
+    assert all(modules[c.name] is c.conv for c in convs)
+    assert [c.name for c in convs if c.conv.kernel_size == (1, 1)] == ["stage2.0.shortcut.conv",
+                                                                       "stage3.0.shortcut.conv"]
+    assert {c.stage for c in convs if c.name.startswith("stage3")} == {2}

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+from micronet_onnx.model import MicroNetConfig
 from micronet_onnx.training import checkpoint
 from micronet_onnx.training import loop as train_mod
+from micronet_onnx.training.checkpoint import Checkpoint
 from micronet_onnx.training.loop import TrainConfig, train
 
 from .conftest import TINY
@@ -17,11 +19,11 @@ def _cfg(**kw):
 def test_training_learns_digits(tmp_path):
     out = tmp_path / "fp.pt"
     results = train(_cfg(epochs=4), out, log=lambda s: None)
-    ckpt = checkpoint.load(out)
-    losses = [m["train_loss"] for m in ckpt["metrics"]]
+    ckpt = Checkpoint.load(out)
+    losses = [m["train_loss"] for m in ckpt.metrics]
     assert losses[-1] < losses[0] * 0.8
     assert results["fp"]["val_acc"] > 0.3 and results["fp"]["test_acc"] > 0.3  # chance is 0.1
-    assert ckpt["complete"] and ckpt["ternary"] is None
+    assert ckpt.complete and ckpt.ternary is None
     # weights_only=True is how every checkpoint is read
     raw = torch.load(out, weights_only=True)
     assert raw["format"] == checkpoint.FORMAT
@@ -62,38 +64,38 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, stop_after):
         _interrupt_after(m, stop_after)
         with pytest.raises(Interrupt):
             train(cfg, part, log=lambda s: None)
-    assert checkpoint.load(part)["complete"] is False
+    assert Checkpoint.load(part).complete is False
     train(cfg, part, resume=True, log=lambda s: None)
 
-    a, b = checkpoint.load(full), checkpoint.load(part)
-    _same_state(a["state_dict"], b["state_dict"])
-    _same_state(a["best_state_dict"], b["best_state_dict"])
-    assert a["results"]["final"]["test_acc"] == b["results"]["final"]["test_acc"]
+    a, b = Checkpoint.load(full), Checkpoint.load(part)
+    _same_state(a.state_dict, b.state_dict)
+    _same_state(a.best_state_dict, b.best_state_dict)
+    assert a.results["final"]["test_acc"] == b.results["final"]["test_acc"]
 
 
 def test_save_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    checkpoint.save_atomic({"format": checkpoint.FORMAT, "version": 1, "x": torch.ones(2)}, path)
+    Checkpoint(model_config=MicroNetConfig(), state_dict={"x": torch.ones(2)}).save(path)
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(RuntimeError):
-        checkpoint.save_atomic({"format": checkpoint.FORMAT, "version": 1, "x": torch.zeros(2)}, path)
-    assert torch.equal(checkpoint.load(path)["x"], torch.ones(2))
+        Checkpoint(model_config=MicroNetConfig(), state_dict={"x": torch.zeros(2)}).save(path)
+    assert torch.equal(Checkpoint.load(path).state_dict["x"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="not found"):
-        checkpoint.load(tmp_path / "none.pt")
+        Checkpoint.load(tmp_path / "none.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoint.CheckpointError, match="cannot read"):
-        checkpoint.load(tmp_path / "junk.pt")
+        Checkpoint.load(tmp_path / "junk.pt")
     torch.save({"something": 1}, tmp_path / "foreign.pt")
     with pytest.raises(checkpoint.CheckpointError, match="not a micronet-onnx checkpoint"):
-        checkpoint.load(tmp_path / "foreign.pt")
+        Checkpoint.load(tmp_path / "foreign.pt")
 
     class Evil:
         def __reduce__(self):
@@ -101,4 +103,4 @@ def test_checkpoint_errors(tmp_path):
 
     torch.save({"format": checkpoint.FORMAT, "evil": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(checkpoint.CheckpointError, match="cannot read"):
-        checkpoint.load(tmp_path / "evil.pt")
+        Checkpoint.load(tmp_path / "evil.pt")

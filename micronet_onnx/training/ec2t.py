@@ -1,7 +1,8 @@
 """EC2T: Entropy-Constrained Trained Ternarization, as a transformation with a config object.
 
-`ternarize_model(model, config)` swaps every 3x3 block conv for a `TernaryConv2d`: a full-precision
-background weight, two trainable centroid magnitudes ``w_p, w_n > 0`` and an int8 assignment
+`ternarize_model(model, config, filter_fn)` swaps the convs ``filter_fn`` selects (by default
+`paper_layer_filter`: EC2T's policy, every 3x3 conv inside the blocks) for a `TernaryConv2d`: a
+full-precision background weight, two trainable centroid magnitudes ``w_p, w_n > 0`` and an int8 assignment
 ``codes`` in {-1, 0, +1}. The forward pass uses ``w_p * [codes = +1] - w_n * [codes = -1]``.
 `EC2TQuantizer.after_step()` runs after every optimizer step: it floors the centroids and re-assigns
 every weight with the entropy-constrained rule. Facts from the authors' code are in
@@ -10,13 +11,14 @@ every weight with the entropy-constrained rule. Facts from the authors' code are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from micronet_onnx.model import MicroNet, ternarizable_convs
+from micronet_onnx.model import MicroNet
 
 WN_GRAD_CHOICES = ("true", "ttq")
 
@@ -345,14 +347,42 @@ def ternary_layers(model: nn.Module) -> list[tuple[str, TernaryConv2d]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, TernaryConv2d)]
 
 
-def ternarize_model(model: MicroNet, config: EC2TConfig) -> MicroNet:
-    """Replace every block 3x3 conv by a `TernaryConv2d` initialised from its weights (in place)."""
+# ``filter_fn(module, fqn) -> bool`` picks the convs to ternarize, as in torchao's
+# ``quantize_(model, config, filter_fn)``; ``fqn`` is the name in ``model.named_modules()``.
+LayerFilter = Callable[[nn.Module, str], bool]
+
+
+def paper_layer_filter(model: MicroNet) -> LayerFilter:
+    """EC2T's layer policy for ``model``: every 3x3 conv inside the blocks is ternary; the stem conv,
+    the 1x1 shortcut convs and the FC layer (and every BN) stay full precision.
+
+    Which convs sit inside the blocks is the model's business (`MicroNet.block_convs`); that only the
+    3x3 ones among them are ternarized is EC2T's.
+    """
+    inside = {c.name for c in model.block_convs()}
+
+    def is_ternarized(module: nn.Module, fqn: str) -> bool:
+        return fqn in inside and isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (3, 3)
+
+    return is_ternarized
+
+
+def selected_layers(model: MicroNet, filter_fn: LayerFilter | None = None) -> list[tuple[str, nn.Conv2d]]:
+    """The convs of ``model`` that ``filter_fn`` (default `paper_layer_filter`) picks, in module order;
+    ternary ones included."""
+    keep = paper_layer_filter(model) if filter_fn is None else filter_fn
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and keep(m, name)]
+
+
+def ternarize_model(model: MicroNet, config: EC2TConfig, filter_fn: LayerFilter | None = None) -> MicroNet:
+    """Replace every conv that ``filter_fn`` picks (default: `paper_layer_filter`, the policy every
+    checkpoint is rebuilt with) by a `TernaryConv2d` initialised from its weights (in place).
+    Layers that are ternary already are left alone."""
     config.validate()
-    for name, conv in ternarizable_convs(model):
+    for name, conv in selected_layers(model, filter_fn):
         if isinstance(conv, TernaryConv2d):
             continue
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, TernaryConv2d.from_conv(conv, config))
+        model.set_submodule(name, TernaryConv2d.from_conv(conv, config))
     return model
 
 

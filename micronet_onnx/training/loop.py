@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,68 +21,9 @@ from torch import nn
 
 from micronet_onnx.data import AugmentConfig, Dataset, Split, iterate, load_dataset, make_batch
 from micronet_onnx.model import MicroNet, MicroNetConfig, count_parameters, preset_config
-from micronet_onnx.training import checkpoint as ckpt_io
+from micronet_onnx.training.checkpoint import Checkpoint, CheckpointError, RngState
+from micronet_onnx.training.config import TrainConfig
 from micronet_onnx.training.ec2t import EC2TConfig, EC2TQuantizer, is_ternary, overall_sparsity, ternarize_model
-
-PHASES = ("fp", "ec2t", "frozen")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run needs besides the output path; stored in the checkpoint."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    val_fraction: float = 0.1
-    model: str = "auto"
-    depth: float | None = None
-    width: float | None = None
-    dropout: float = 0.2
-    epochs: int = 250
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: bool = True
-    device: str = "auto"
-    seed: int = 0
-    ternary: bool = False
-    ternary_epochs: int = 20
-    freeze_epochs: int = 15
-    init: str | None = None
-    ec2t: dict = field(default_factory=lambda: EC2TConfig().to_dict())
-
-    def validate(self) -> TrainConfig:
-        if self.epochs < 0 or self.ternary_epochs < 0 or self.freeze_epochs < 0:
-            raise ValueError("epoch counts must be non-negative")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.init is not None and not self.ternary:
-            raise ValueError("--init ternarizes an existing checkpoint and needs --ternary")
-        EC2TConfig.from_dict(self.ec2t).validate()
-        return self
-
-    def phases(self) -> list[tuple[str, int]]:
-        """(phase, epochs) in order; pre-training is skipped when starting from --init."""
-        out = []
-        if self.init is None:
-            out.append(("fp", self.epochs))
-        if self.ternary:
-            out += [("ec2t", self.ternary_epochs), ("frozen", self.freeze_epochs)]
-        return out
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,33 +86,66 @@ def _optimizer(phase: str, model: nn.Module, cfg: TrainConfig, quantizer: EC2TQu
     return torch.optim.Adam(quantizer.param_groups(model))
 
 
-def _rng_state(gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _no_best() -> dict[str, Any]:
+    return {"val_acc": -1.0, "epoch": -1}
 
 
-def _set_rng_state(state: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class _Run:
+    """What a run carries across phases and epochs; every checkpoint is a snapshot of it."""
+
+    cfg: TrainConfig
+    output: Path
+    log: Callable[[str], None]
+    device: torch.device
+    ds: Dataset
+    mcfg: MicroNetConfig
+    ec2t_cfg: EC2TConfig
+    aug: AugmentConfig | None
+    gen: torch.Generator
+    model: MicroNet
+    phases: list[tuple[str, int]]
+    results: dict[str, Any]
+    metrics: list[dict] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=_no_best)
+    best_state: dict | None = None  # best-on-validation weights of the current phase
+    opt_state: dict | None = None  # optimizer / scheduler state to continue from (resume only)
+    sched_state: dict | None = None
+    global_epoch: int = 0
 
 
 def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) a training run and return its results; the checkpoint is ``output``."""
     output = Path(output)
+    ckpt = None
     if resume:
-        state = ckpt_io.load(output)
-        if state.get("complete"):
+        ckpt = Checkpoint.load(output)
+        if ckpt.complete:
             log(f"{output} is already complete; nothing to resume")
-            return state["results"]
-        cfg = TrainConfig.from_dict(state["config"])
-    else:
-        state = None
-    cfg = cfg.validate()
+            return ckpt.results
+        ckpt.require_training_state()
+        assert ckpt.train_config is not None
+        cfg = ckpt.train_config
+    run = _start(cfg.validate(), output, log)
+    start_phase, start_epoch = _resume(run, ckpt) if ckpt is not None else (0, 0)
+    run.model.to(run.device)
+    mcfg, ds = run.mcfg, run.ds
+    log(f"model {run.cfg.model} depth {mcfg.depth:.4g} width {mcfg.width:.4g}: widths {mcfg.widths}, "
+        f"{mcfg.blocks_per_stage} blocks/stage, {run.results['parameters']:,} parameters; dataset {ds.name}: "
+        f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test; device {run.device}")
+    run.global_epoch = sum(n for _, n in run.phases[:start_phase]) + start_epoch
+    for pi in range(start_phase, len(run.phases)):
+        _run_phase(run, pi, start_epoch if pi == start_phase else 0)
+    return _finish(run)
+
+
+def _start(cfg: TrainConfig, output: Path, log: Callable[[str], None]) -> _Run:
+    """Data, model (from ``--init`` when given) and random generators of a fresh run."""
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.data_dir, download_missing=cfg.download, val_fraction=cfg.val_fraction)
     mcfg = resolve_model_config(cfg, ds.num_classes)
@@ -182,104 +156,133 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     model = MicroNet(mcfg)
     if cfg.init is not None:
-        init_model, init_ckpt = ckpt_io.load_model(cfg.init)
+        init = Checkpoint.load(cfg.init)
+        init_model = init.build_model()
         if is_ternary(init_model):
             raise ValueError(f"--init {cfg.init} is already ternary; give a full-precision checkpoint")
-        if MicroNetConfig.from_dict(init_ckpt["model_config"]) != mcfg:
+        if init.model_config != mcfg:
             raise ValueError(f"--init {cfg.init} holds a different model shape than --model/--depth/--width ask for")
         model.load_state_dict(init_model.state_dict())
-    phases = cfg.phases()
     results: dict[str, Any] = {"parameters": count_parameters(model), "model_config": mcfg.to_dict()}
-    metrics: list[dict] = []
-    start_phase, start_epoch = 0, 0
-    best: dict[str, Any] = {"val_acc": -1.0, "epoch": -1}
-    best_state: dict | None = None
-    opt_state = sched_state = None
-    if state is not None:
-        start_phase = [p for p, _ in phases].index(state["phase"])
-        start_epoch = int(state["phase_epoch"])
-        metrics, results, best = state["metrics"], state["results"], state["best"]
-        best_state = state["best_state_dict"]
-        if state["phase"] != "fp":
-            ternarize_model(model, ec2t_cfg)
-        model.load_state_dict(state["state_dict"])
-        opt_state, sched_state = state["optimizer"], state["scheduler"]
-        _set_rng_state(state["rng"], gen)
-    model.to(device)
-    log(f"model {cfg.model} depth {mcfg.depth:.4g} width {mcfg.width:.4g}: widths {mcfg.widths}, "
-        f"{mcfg.blocks_per_stage} blocks/stage, {results['parameters']:,} parameters; dataset {ds.name}: "
-        f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test; device {device}")
+    return _Run(cfg=cfg, output=output, log=log, device=device, ds=ds, mcfg=mcfg, ec2t_cfg=ec2t_cfg, aug=aug,
+                gen=gen, model=model, phases=cfg.phases(), results=results)
 
-    global_epoch = sum(n for _, n in phases[:start_phase]) + start_epoch
-    for pi in range(start_phase, len(phases)):
-        phase, n_epochs = phases[pi]
-        first_epoch = start_epoch if pi == start_phase else 0
-        if first_epoch == 0:
-            # entering the phase fresh: continue from the previous phase's selected weights
-            if best_state is not None and pi > 0:
-                model.load_state_dict(best_state)
-            if phase == "ec2t" and not is_ternary(model):
-                ternarize_model(model, ec2t_cfg)
-                model.to(device)
-            best, best_state, opt_state, sched_state = {"val_acc": -1.0, "epoch": -1}, None, None, None
-            if phase == "frozen":
-                # same assignment as the weights it starts from, so those stay a candidate: the
-                # frozen phase can only improve the selected model on validation
-                best = {"val_acc": evaluate(model, ds.val, ds, cfg.batch_size, device)["acc"], "epoch": global_epoch}
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        quantizer = EC2TQuantizer(model, ec2t_cfg) if phase != "fp" else None
-        if phase == "frozen":
-            quantizer.freeze()
-        optimizer = _optimizer(phase, model, cfg, quantizer)
-        steps_per_epoch = math.ceil(len(ds.train) / cfg.batch_size)
-        scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, n_epochs * steps_per_epoch))
-                     if phase == "fp" else None)
-        if opt_state is not None:
-            optimizer.load_state_dict(opt_state)
-            if scheduler is not None and sched_state is not None:
-                scheduler.load_state_dict(sched_state)
-            opt_state = sched_state = None
-        if quantizer is not None and first_epoch == 0 and n_epochs > 0:
-            log(f"[{phase}] start: sparsity {overall_sparsity(model) * 100:.1f}%")
-        for epoch in range(first_epoch, n_epochs):
-            row = _train_epoch(model, ds, aug, cfg, optimizer, scheduler, quantizer, gen, device,
-                               label=f"[{phase} {epoch + 1}/{n_epochs}]")
-            val = evaluate(model, ds.val, ds, cfg.batch_size, device)
-            row.update(phase=phase, epoch=global_epoch + 1, val_acc=val["acc"], val_loss=val["loss"])
-            if quantizer is not None:
-                row["sparsity"] = overall_sparsity(model)
-                layer_stats = quantizer.stats()
-                row["dead_channels"] = sum(s["dead_channels"] for s in layer_stats)
-                row["layer_sparsity"] = [round(s["sparsity"], 4) for s in layer_stats]
-                row["stage_sparsity"] = _stage_sparsity(layer_stats)
-            metrics.append(row)
-            if val["acc"] > best["val_acc"]:
-                best = {"val_acc": val["acc"], "epoch": global_epoch + 1}
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            global_epoch += 1
-            log(_epoch_line(row))
-            _save(output, cfg, mcfg, ec2t_cfg if phase != "fp" else None, model, best_state, best, optimizer,
-                  scheduler, phase, epoch + 1, gen, metrics, results)
-        # phase summary on the selected weights
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        test = evaluate(model, ds.test, ds, cfg.batch_size, device)
-        val = evaluate(model, ds.val, ds, cfg.batch_size, device)
-        summary = {"val_acc": val["acc"], "test_acc": test["acc"], "best_epoch": best["epoch"]}
-        if quantizer is not None:
-            summary["sparsity"] = overall_sparsity(model)
-            summary["layers"] = quantizer.stats()
-        results[phase] = summary
-        log(f"[{phase}] done: val {val['acc'] * 100:.2f}%  test {test['acc'] * 100:.2f}%"
+
+def _resume(run: _Run, ckpt: Checkpoint) -> tuple[int, int]:
+    """Put the checkpoint's state into ``run``; returns (phase index, epochs done in that phase)."""
+    assert ckpt.phase is not None and ckpt.best is not None and ckpt.rng is not None
+    start_phase = [p for p, _ in run.phases].index(ckpt.phase)
+    run.metrics, run.results, run.best = ckpt.metrics, ckpt.results, ckpt.best
+    run.best_state = ckpt.best_state_dict
+    if ckpt.phase != "fp":
+        ternarize_model(run.model, run.ec2t_cfg)
+    ckpt.load_weights(run.model, best=False)
+    run.opt_state, run.sched_state = ckpt.optimizer, ckpt.scheduler
+    ckpt.rng.restore(run.gen)
+    return start_phase, ckpt.phase_epoch
+
+
+def _run_phase(run: _Run, pi: int, first_epoch: int) -> None:
+    """Epochs ``first_epoch..`` of phase ``pi`` (a checkpoint after each), then its summary."""
+    phase, n_epochs = run.phases[pi]
+    if first_epoch == 0:
+        _enter_phase(run, pi, phase)
+    quantizer, optimizer, scheduler = _phase_optimizer(run, phase, n_epochs)
+    if quantizer is not None and first_epoch == 0 and n_epochs > 0:
+        run.log(f"[{phase}] start: sparsity {overall_sparsity(run.model) * 100:.1f}%")
+    for epoch in range(first_epoch, n_epochs):
+        _run_epoch(run, phase, epoch, n_epochs, optimizer, scheduler, quantizer)
+    _phase_summary(run, phase, quantizer)
+
+
+def _enter_phase(run: _Run, pi: int, phase: str) -> None:
+    """Entering a phase fresh: continue from the previous phase's selected weights."""
+    model = run.model
+    if run.best_state is not None and pi > 0:
+        model.load_state_dict(run.best_state)
+    if phase == "ec2t" and not is_ternary(model):
+        ternarize_model(model, run.ec2t_cfg)
+        model.to(run.device)
+    run.best, run.best_state, run.opt_state, run.sched_state = _no_best(), None, None, None
+    if phase == "frozen":
+        # same assignment as the weights it starts from, so those stay a candidate: the
+        # frozen phase can only improve the selected model on validation
+        val = evaluate(model, run.ds.val, run.ds, run.cfg.batch_size, run.device)
+        run.best = {"val_acc": val["acc"], "epoch": run.global_epoch}
+        run.best_state = _cpu_state(model)
+
+
+def _phase_optimizer(run: _Run, phase: str, n_epochs: int):
+    """(quantizer or None, optimizer, scheduler or None) of a phase, continuing saved state if any."""
+    model, cfg = run.model, run.cfg
+    quantizer = EC2TQuantizer(model, run.ec2t_cfg) if phase != "fp" else None
+    if quantizer is not None and phase == "frozen":
+        quantizer.freeze()
+    optimizer = _optimizer(phase, model, cfg, quantizer)
+    steps_per_epoch = math.ceil(len(run.ds.train) / cfg.batch_size)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, n_epochs * steps_per_epoch))
+                 if phase == "fp" else None)
+    if run.opt_state is not None:
+        try:
+            optimizer.load_state_dict(run.opt_state)
+            if scheduler is not None and run.sched_state is not None:
+                scheduler.load_state_dict(run.sched_state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{run.output}: optimizer/scheduler state does not fit the {phase} phase: "
+                                  f"{type(e).__name__}: {e}") from None
+        run.opt_state = run.sched_state = None
+    return quantizer, optimizer, scheduler
+
+
+def _run_epoch(run: _Run, phase: str, epoch: int, n_epochs: int, optimizer, scheduler,
+               quantizer: EC2TQuantizer | None) -> None:
+    """One training epoch, validation, model selection, log line and checkpoint."""
+    model, cfg, ds = run.model, run.cfg, run.ds
+    row = _train_epoch(model, ds, run.aug, cfg, optimizer, scheduler, quantizer, run.gen, run.device,
+                       label=f"[{phase} {epoch + 1}/{n_epochs}]")
+    val = evaluate(model, ds.val, ds, cfg.batch_size, run.device)
+    row.update(phase=phase, epoch=run.global_epoch + 1, val_acc=val["acc"], val_loss=val["loss"])
+    if quantizer is not None:
+        row["sparsity"] = overall_sparsity(model)
+        layer_stats = quantizer.stats()
+        row["dead_channels"] = sum(s["dead_channels"] for s in layer_stats)
+        row["layer_sparsity"] = [round(s["sparsity"], 4) for s in layer_stats]
+        row["stage_sparsity"] = _stage_sparsity(layer_stats, model)
+    run.metrics.append(row)
+    if val["acc"] > run.best["val_acc"]:
+        run.best = {"val_acc": val["acc"], "epoch": run.global_epoch + 1}
+        run.best_state = _cpu_state(model)
+    run.global_epoch += 1
+    run.log(_epoch_line(row))
+    _save(run, phase, epoch + 1, optimizer, scheduler, ternary=phase != "fp")
+
+
+def _phase_summary(run: _Run, phase: str, quantizer: EC2TQuantizer | None) -> None:
+    """Evaluate the phase's selected weights on validation and test; into ``run.results[phase]``."""
+    model, cfg, ds = run.model, run.cfg, run.ds
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    test = evaluate(model, ds.test, ds, cfg.batch_size, run.device)
+    val = evaluate(model, ds.val, ds, cfg.batch_size, run.device)
+    summary = {"val_acc": val["acc"], "test_acc": test["acc"], "best_epoch": run.best["epoch"]}
+    if quantizer is not None:
+        summary["sparsity"] = overall_sparsity(model)
+        summary["layers"] = quantizer.stats()
+    run.results[phase] = summary
+    run.log(f"[{phase}] done: val {val['acc'] * 100:.2f}%  test {test['acc'] * 100:.2f}%"
             + (f"  sparsity {summary['sparsity'] * 100:.1f}%" if "sparsity" in summary else ""))
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """Final weights = the last phase's selection; the last checkpoint is marked complete."""
+    if run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+    phases = run.phases
     final_phase = phases[-1][0] if phases else "fp"
-    results["final"] = dict(results.get(final_phase, {}), phase=final_phase)
-    _save(output, cfg, mcfg, ec2t_cfg if is_ternary(model) else None, model, best_state, best, None, None,
-          final_phase, phases[-1][1] if phases else 0, gen, metrics, results, complete=True)
-    return results
+    run.results["final"] = dict(run.results.get(final_phase, {}), phase=final_phase)
+    _save(run, final_phase, phases[-1][1] if phases else 0, None, None, ternary=is_ternary(run.model),
+          complete=True)
+    return run.results
 
 
 def _train_epoch(model, ds, aug, cfg, optimizer, scheduler, quantizer, gen, device, label) -> dict:
@@ -309,12 +312,15 @@ def _train_epoch(model, ds, aug, cfg, optimizer, scheduler, quantizer, gen, devi
             "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
 
 
-def _stage_sparsity(layer_stats: list[dict]) -> list[float]:
+def _stage_sparsity(layer_stats: list[dict], model: MicroNet) -> list[float]:
     """Share of zeros per stage (weighted by layer size), for a compact per-epoch report."""
-    zeros: dict[str, float] = {}
-    total: dict[str, float] = {}
+    stage_of = {c.name: c.stage for c in model.block_convs()}
+    zeros: dict[int, float] = {}
+    total: dict[int, float] = {}
     for s in layer_stats:
-        stage = s["layer"].split(".")[0]
+        stage = stage_of.get(s["layer"])
+        if stage is None:  # a ternary layer outside the blocks (custom layer filter): no stage
+            continue
         n = math.prod(s["shape"])
         zeros[stage] = zeros.get(stage, 0.0) + s["sparsity"] * n
         total[stage] = total.get(stage, 0.0) + n
@@ -331,26 +337,24 @@ def _epoch_line(row: dict) -> str:
     return line
 
 
-def _save(output, cfg, mcfg, ec2t_cfg, model, best_state, best, optimizer, scheduler, phase, phase_epoch, gen,
-          metrics, results, complete: bool = False) -> None:
-    ckpt_io.save_atomic({
-        "format": ckpt_io.FORMAT,
-        "version": ckpt_io.VERSION,
-        "config": cfg.to_dict(),
-        "model_config": mcfg.to_dict(),
-        "ternary": ec2t_cfg.to_dict() if ec2t_cfg is not None else None,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "best_state_dict": best_state,
-        "best": best,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "phase": phase,
-        "phase_epoch": phase_epoch,
-        "rng": _rng_state(gen),
-        "metrics": metrics,
-        "results": results,
-        "complete": complete,
-    }, output)
+def _save(run: _Run, phase: str, phase_epoch: int, optimizer, scheduler, *, ternary: bool,
+          complete: bool = False) -> None:
+    Checkpoint(
+        model_config=run.mcfg,
+        state_dict={k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        ternary=run.ec2t_cfg if ternary else None,
+        best_state_dict=run.best_state,
+        train_config=run.cfg,
+        best=run.best,
+        optimizer=optimizer.state_dict() if optimizer is not None else None,
+        scheduler=scheduler.state_dict() if scheduler is not None else None,
+        phase=phase,
+        phase_epoch=phase_epoch,
+        rng=RngState.capture(run.gen),
+        metrics=run.metrics,
+        results=run.results,
+        complete=complete,
+    ).save(run.output)
 
 
 def layer_table(layers: list[dict]) -> str:

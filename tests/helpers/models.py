@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from micronet_onnx.model import MicroNet, preset_config
-from micronet_onnx.training import checkpoint
+from micronet_onnx.training.checkpoint import Checkpoint
 from micronet_onnx.training.ec2t import EC2TConfig, ternarize_model, ternary_layers
 
 
@@ -43,25 +43,21 @@ def tiny_model(*, ternary: bool, dead: bool = True, seed: int = 0, zeros: float 
         layer.w_p.fill_(0.2 + 0.2 * float(torch.rand(1, generator=g)))
         layer.w_n.fill_(0.2 + 0.2 * float(torch.rand(1, generator=g)))
     if dead:
-        for blk in model.blocks():
-            blk.conv1.codes[:4] = 0
-            blk.bn2.running_mean[:4] = 0.0
-            blk.bn2.bias[:2] = -0.5
-            blk.bn2.bias[2:4] = 0.5
-            blk.conv2.codes[1] = 0
-            blk.conv2.codes[4] = 0
-            blk.conv2.codes[4, 0, 1, 1] = 1
+        for _, _, blk in model.iter_blocks():
+            first, second = blk.conv_bn_pairs()
+            first.conv.codes[:4] = 0
+            first.bn.running_mean[:4] = 0.0
+            first.bn.bias[:2] = -0.5
+            first.bn.bias[2:4] = 0.5
+            second.conv.codes[1] = 0
+            second.conv.codes[4] = 0
+            second.conv.codes[4, 0, 1, 1] = 1
     return model.eval()
 
 
 def save_checkpoint(model: MicroNet, path, *, ternary: bool) -> None:
-    checkpoint.save_atomic({
-        "format": checkpoint.FORMAT,
-        "version": checkpoint.VERSION,
-        "model_config": model.config.to_dict(),
-        "ternary": EC2TConfig().to_dict() if ternary else None,
-        "state_dict": model.state_dict(),
-        "best_state_dict": None,
-    }, path)
+    """A checkpoint of ``model`` alone (no training state), as export and bench read it."""
+    Checkpoint(model_config=model.config, state_dict=model.state_dict(),
+               ternary=EC2TConfig() if ternary else None).save(path)
 
 
