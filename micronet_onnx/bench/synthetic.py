@@ -49,8 +49,9 @@ def random_ternary_micronet(preset: str = "micronet-c100", sparsity: float = 0.9
                 mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
                 mod.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
                 mod.bias.copy_(torch.randn(c, generator=g) * 0.3)
-        for blk in model.blocks():  # small residual branches: the stream stays O(1) over 69 blocks
-            blk.bn3.weight.mul_(0.2)
+        for _, _, block in model.iter_blocks():  # small residual branches: the stream stays O(1) over 69 blocks
+            *_, last = block.conv_bn_pairs()  # the branch's last norm, the one before the residual add
+            last.bn.weight.mul_(0.2)
         ternarize_model(model, EC2TConfig())
         for _, layer in ternary_layers(model):
             r = torch.rand(layer.codes.shape, generator=g)
