@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from micronet_onnx.format import spec as tf
+from micronet_onnx.format.node import decode_codes
 from micronet_onnx.format.reference_op import ternary_conv
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +136,7 @@ class Node:
         """The same function from torch.nn.functional.conv2d on the decoded weight."""
         a = self.attrs
         p = self.packed
-        w = torch.from_numpy(tf.decode_weight(p.mask, p.sign, p.centroids, a.weight_shape))
+        w = torch.from_numpy(decode_codes(tf.unpack_codes(p.mask, p.sign, a.weight_shape), p.centroids))
         xt = torch.from_numpy(x)
         if self.in_channels is not None:
             xt = xt[:, torch.from_numpy(self.in_channels.astype(np.int64))]
