@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from micronet_onnx.format import versions
 from micronet_onnx.scoring.graph import Graph, ScoreInputError, node_key, one_line
 from micronet_onnx.scoring.options import ScoreOptions
 
@@ -107,7 +108,7 @@ def _inference_model(model: onnx.ModelProto, g: Graph, inputs: Mapping[str, list
     m.ir_version = model.ir_version
     m.opset_import.extend(model.opset_import)
     if not any(o.domain in ("", "ai.onnx") for o in m.opset_import):
-        m.opset_import.append(helper.make_opsetid("", 17))
+        m.opset_import.append(versions.onnx_opsetid())
     gr = m.graph
     gr.name = model.graph.name or "g"
     for vi in g.graph_inputs:
