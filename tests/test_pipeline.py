@@ -13,7 +13,7 @@ import torch
 from micronet_onnx import create_session
 from micronet_onnx.data import make_batch
 from micronet_onnx.export import export_checkpoint
-from micronet_onnx.scoring.score import score_model
+from micronet_onnx.scoring import score_model
 from micronet_onnx.training import checkpoint
 from micronet_onnx.training.loop import TrainConfig, train
 
@@ -66,13 +66,13 @@ def test_score_reconciles_with_the_file(trained):
         report = score_model(path)
         proto = onnx.load(str(path))
         init_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
-        assert abs(report["params_stored"] * 4 - init_bytes) <= 0.01 * init_bytes
-        assert 0 <= report["file_bytes"] - init_bytes <= 64 * 1024  # protobuf overhead only
-        assert report["file_bytes"] == os.path.getsize(path)
+        assert abs(report.params_stored * 4 - init_bytes) <= 0.01 * init_bytes
+        assert 0 <= report.file_bytes - init_bytes <= 64 * 1024  # protobuf overhead only
+        assert report.file_bytes == os.path.getsize(path)
     tern, dense = score_model(trained["ternary"]), score_model(trained["dense"])
-    assert tern["num_ternary_layers"] == 12 and dense["num_ternary_layers"] == 0
-    assert tern["params_stored"] < dense["params_stored"] / 4
-    assert tern["dense_fp32_params"] == pytest.approx(dense["params_stored"], rel=0.01)
+    assert tern.num_ternary_layers == 12 and dense.num_ternary_layers == 0
+    assert tern.params_stored < dense.params_stored / 4
+    assert tern.dense_fp32_params == pytest.approx(dense.params_stored, rel=0.01)
 
 
 def _mnx(*args):

@@ -152,7 +152,9 @@ def score(
     tree_adder: bool = typer.Option(False, help="Count ternary accumulations in a 16,17,18..-bit tree adder."),
 ) -> None:
     """Storage (Appendix B and bits stored), operations and MicroNet score of an ONNX file (docs/scoring.md)."""
-    from micronet_onnx.scoring.score import ScoreInputError, ScoreOptions, render_table, report_to_json, score_model
+    from micronet_onnx.scoring import ScoreInputError, ScoreOptions, report_to_json, score_model
+
+    from .score_view import render_table
 
     with error_boundary():
         shape = None

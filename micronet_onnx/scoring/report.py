@@ -224,11 +224,6 @@ class ScoreReport:
             }
         )
 
-    def __getitem__(self, key: str) -> Any:
-        """Read-only access by JSON key (``report["params_stored"]``), for callers written when the
-        report was a dict; new code reads the attributes."""
-        return self.to_dict()[key]
-
     def layer(self, name: str) -> LayerRecord:
         """The record of the layer called ``name`` (KeyError if none)."""
         for layer in self.layers:

@@ -183,13 +183,3 @@ def _report(label: str, file_bytes: int, initializer_bytes: int, constant_bytes:
         warnings=warnings,
         layers=layers,
     )
-
-
-def __getattr__(name: str) -> Any:
-    """``render_table`` moved to `micronet_onnx.cli.score_view`; the old import path keeps working
-    until its last caller (the CLI) imports it from there."""
-    if name == "render_table":
-        from micronet_onnx.cli.score_view import render_table
-
-        return render_table
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
