@@ -136,6 +136,44 @@ def _input_hw(probe: torch.Tensor | None, input_size: tuple[int, int] | None,
     return tuple(input_size) if input_size is not None else parity.PROBE_SHAPE[2:]  # type: ignore[return-value]
 
 
+def _check_request(model: MicroNet, path: Path, *, ternary: bool, format_version: int) -> None:
+    """`ExportError` for what cannot be exported as asked, before any work."""
+    try:
+        check_format_version(format_version)
+    except tf.FormatError as e:
+        raise ExportError(str(e)) from None
+    if not isinstance(model, MicroNet):
+        raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
+    if ternary and not is_ternary(model):
+        raise ExportError("a ternary export needs an EC2T (ternary) model; this one is full precision")
+    _check_writable(path)
+
+
+def _stored_sparsity(layers: list[LayerReport]) -> float | None:
+    """Zeros over the stored ternary codes (after dead channels); None without ternary layers."""
+    if not layers:
+        return None
+    total = sum(int(np.prod(la.stored_shape)) for la in layers)
+    return 1.0 - sum(la.nnz for la in layers) / total if total else 0.0
+
+
+def _model_proto(graph: gs.Graph, *, ternary: bool, format_version: int, meta: dict[str, str]) -> onnx.ModelProto:
+    """The model around ``graph``: the version pins of `versions`, producer, doc string and metadata
+    props, passed through the ONNX checker (a failure is an exporter bug, not a user error)."""
+    proto = gs.export_onnx(graph, opset_imports=opset_imports(ternary=ternary, format_version=format_version))
+    proto.ir_version = IR_VERSION
+    proto.producer_name = PRODUCER
+    proto.producer_version = __version__
+    proto.doc_string = (f"MicroNet ({'ternary, micronet::TernaryConv' if ternary else 'dense'}) exported by "
+                        f"{PRODUCER} {__version__}; opset {ONNX_OPSET}, IR {IR_VERSION}")
+    onnx.helper.set_model_props(proto, {f"{META_PREFIX}{k}": v for k, v in meta.items()})
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise RuntimeError(f"exported model fails the ONNX checker: {e}") from e
+    return proto
+
+
 def export_model(
     model: MicroNet,
     path: str | Path,
@@ -166,53 +204,26 @@ def export_model(
     """
     t0 = time.perf_counter()
     path = Path(path)
-    try:
-        check_format_version(format_version)
-    except tf.FormatError as e:
-        raise ExportError(str(e)) from None
-    if not isinstance(model, MicroNet):
-        raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
-    if ternary and not is_ternary(model):
-        raise ExportError("a ternary export needs an EC2T (ternary) model; this one is full precision")
-    _check_writable(path)
+    _check_request(model, path, ternary=ternary, format_version=format_version)
     model = copy.deepcopy(model).cpu().float().eval()
     channels = int(model.stem_conv.in_channels)
     hw = _input_hw(probe, input_size, channels)
 
     built = build_graph(model, ternary=ternary, fp16=fp16, input_hw=hw, format_version=format_version)
-    if ternary or fp16:
-        dense_equiv = 4 * build_graph(model, ternary=False, fp16=False, input_hw=hw).param_count
-    else:
-        dense_equiv = 4 * built.param_count
-    has_ternary = is_ternary(model)
-    sparsity = overall_sparsity(model) if has_ternary else None
-    stored_sparsity = None
-    if built.layers:
-        total = sum(int(np.prod(la.stored_shape)) for la in built.layers)
-        stored_sparsity = 1.0 - sum(la.nnz for la in built.layers) / total if total else 0.0
-
+    dense = built if not (ternary or fp16) else build_graph(model, ternary=False, fp16=False, input_hw=hw)
+    dense_equiv = 4 * dense.param_count
+    sparsity = overall_sparsity(model) if is_ternary(model) else None
+    stored_sparsity = _stored_sparsity(built.layers)
     meta = {
-        "format_version": str(format_version),
-        "export_kind": "ternary" if ternary else "dense",
-        "fp16_weights": str(bool(fp16)).lower(),
-        "source_checkpoint": source or "",
+        "format_version": str(format_version), "export_kind": "ternary" if ternary else "dense",
+        "fp16_weights": str(bool(fp16)).lower(), "source_checkpoint": source or "",
         "ec2t_sparsity": f"{sparsity:.6f}" if sparsity is not None else "",
         "stored_sparsity": f"{stored_sparsity:.6f}" if stored_sparsity is not None else "",
         "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
         "input": f"float32 [batch, {channels}, {hw[0]}, {hw[1]}], normalized like training",
         **(metadata or {}),
     }
-    proto = gs.export_onnx(built.graph, opset_imports=opset_imports(ternary=ternary, format_version=format_version))
-    proto.ir_version = IR_VERSION
-    proto.producer_name = PRODUCER
-    proto.producer_version = __version__
-    proto.doc_string = (f"MicroNet ({'ternary, micronet::TernaryConv' if ternary else 'dense'}) exported by "
-                        f"{PRODUCER} {__version__}; opset {ONNX_OPSET}, IR {IR_VERSION}")
-    onnx.helper.set_model_props(proto, {f"{META_PREFIX}{k}": v for k, v in meta.items()})
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:  # an exporter bug, not a user error
-        raise RuntimeError(f"exported model fails the ONNX checker: {e}") from e
+    proto = _model_proto(built.graph, ternary=ternary, format_version=format_version, meta=meta)
     data = proto.SerializeToString()
     t_build = time.perf_counter() - t0
 
@@ -230,11 +241,7 @@ def export_model(
     write_atomic(data, path)
     total = time.perf_counter() - t0
     return ExportReport(
-        path=str(path),
-        ternary=ternary,
-        fp16=fp16,
-        file_bytes=len(data),
-        dense_equivalent_bytes=dense_equiv,
+        path=str(path), ternary=ternary, fp16=fp16, file_bytes=len(data), dense_equivalent_bytes=dense_equiv,
         node_count=len(proto.graph.node),
         nodes_by_op=dict(Counter(n.op_type for n in proto.graph.node)),
         ternary_layers=built.layers,
