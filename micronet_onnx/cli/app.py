@@ -12,6 +12,7 @@ from micronet_onnx import __version__
 from micronet_onnx.fileio import check_output
 
 from .errors import error_boundary, fail, first_line
+from .optimize import optimize_command
 
 app = typer.Typer(
     name="mnx",
@@ -271,6 +272,9 @@ def bench_cmd(
     render = bench.render_layers if layers else bench.render
     typer.echo("\n\n".join((f"sparsity {r['sparsity'] * 100:.0f}%\n" if "sparsity" in r else "") + render(r)
                             for r in reports))
+
+
+app.command("optimize")(optimize_command)
 
 
 def main() -> None:
