@@ -273,9 +273,10 @@ def export_checkpoint(
 
     if probe_batch < 1:
         raise ExportError(f"probe batch must be at least 1, got {probe_batch}")
-    if isinstance(format_version, bool) or format_version not in tf.SUPPORTED_OPSET_VERSIONS:
-        raise ExportError(f"format version must be one of {', '.join(map(str, tf.SUPPORTED_OPSET_VERSIONS))}, "
-                          f"got {format_version!r}")
+    try:
+        check_format_version(format_version)
+    except tf.FormatError as e:
+        raise ExportError(str(e)) from None
     checkpoint = Path(checkpoint)
     ckpt = Checkpoint.load(checkpoint)
     if ternary and not ckpt.is_ternary:

@@ -13,6 +13,8 @@ from micronet_onnx.fileio import check_output
 
 from .errors import error_boundary, fail, first_line
 from .optimize import optimize_command
+from .plot import plot_cmd
+from .report import report_cmd
 
 app = typer.Typer(
     name="mnx",
@@ -69,6 +71,7 @@ def train(
     lr_other: float = typer.Option(1e-4, help="EC2T Adam lr of the non-quantized parameters."),
     wn_grad: str = typer.Option("true", help="Gradient of w_n: 'true' (d loss/d w_n) or 'ttq' (the reference sign)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final results as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines or progress bars."),
 ) -> None:
     """Train MicroNet in full precision, optionally followed by EC2T ternarization."""
     from micronet_onnx.training.ec2t import EC2TConfig
@@ -91,8 +94,8 @@ def train(
             device=device, seed=seed, ternary=ternary, ternary_epochs=ternary_epochs,
             freeze_epochs=freeze_epochs, init=str(init) if init else None, ec2t=ec2t.to_dict(),
         ).validate()
-        log = (lambda s: typer.echo(s, err=True)) if json_out else typer.echo
-        results = run_training(cfg, output, resume=resume, log=log)
+        log = (lambda s: None) if quiet else (lambda s: typer.echo(s, err=True)) if json_out else typer.echo
+        results = run_training(cfg, output, resume=resume, log=log, progress=False if quiet else None)
     if json_out:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -125,14 +128,14 @@ def export_cmd(
 ) -> None:
     """Export a checkpoint to ONNX, checking the file against the PyTorch model (docs/export.md)."""
     from micronet_onnx.export import ParityError, export_checkpoint
-    from micronet_onnx.format import spec as tf
+    from micronet_onnx.format import spec, versions
 
     with error_boundary():
-        if format_version is None:
-            format_version = tf.OPSET_VERSION
-        elif format_version not in tf.SUPPORTED_OPSET_VERSIONS:
-            versions = " or ".join(map(str, tf.SUPPORTED_OPSET_VERSIONS))
-            fail(f"--format-version must be {versions}, got {format_version}")
+        try:
+            format_version = versions.check_format_version(
+                spec.OPSET_VERSION if format_version is None else format_version)
+        except spec.FormatError as e:
+            fail(f"--format-version: {e}")
         check_output(output, inputs=(checkpoint,), force=force)
         try:
             report = export_checkpoint(checkpoint, output, ternary=ternary, fp16=fp16, check=not no_check,
@@ -274,6 +277,8 @@ def bench_cmd(
                             for r in reports))
 
 
+app.command("plot")(plot_cmd)
+app.command("report")(report_cmd)
 app.command("optimize")(optimize_command)
 
 
