@@ -48,22 +48,31 @@ def constants_of(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return out
 
 
-class Uses:
-    """Readers of each tensor over a list of nodes (nested graphs and graph outputs included)."""
+NodeIO = tuple[list[str], list[str], list[str]]
+"""A node's inputs, outputs and the names its nested graphs read (what `Uses` is built from)."""
 
-    def __init__(self, nodes: Iterable[onnx.NodeProto], graph_outputs: Iterable[str]) -> None:
+
+def node_io(node: onnx.NodeProto) -> NodeIO:
+    return list(node.input), list(node.output), list(_subgraph_inputs(node)) if node.attribute else []
+
+
+class Uses:
+    """Readers of each tensor over a list of nodes (nested graphs and graph outputs included), given
+    as `NodeIO` triples in graph order."""
+
+    def __init__(self, nodes: Iterable[NodeIO], graph_outputs: Iterable[str]) -> None:
         self.count: Counter[str] = Counter()
         self.readers: dict[str, list[int]] = {}
         self.producer: dict[str, int] = {}
         self.outputs = set(graph_outputs)
-        for idx, n in enumerate(nodes):
-            for name in n.input:
+        for idx, (inputs, outputs, nested) in enumerate(nodes):
+            for name in inputs:
                 if name:
                     self.count[name] += 1
                     self.readers.setdefault(name, []).append(idx)
-            for name in _subgraph_inputs(n):
+            for name in nested:
                 self.count[name] += 1  # a reader that cannot be rewired
-            for name in n.output:
+            for name in outputs:
                 if name:
                     self.producer[name] = idx
         for name in self.outputs:

@@ -11,11 +11,12 @@ else reads them. Untouched nodes, initializers and value_info stay byte for byte
 from __future__ import annotations
 
 import onnx
+from onnx import numpy_helper
 
 from micronet_onnx.format import spec, versions
 from micronet_onnx.format.node import ATTR_TYPES, TernaryConvNode, is_ternary_conv
 from micronet_onnx.optimize import report as r
-from micronet_onnx.optimize.graph import Uses, constant_node_value, constants_of
+from micronet_onnx.optimize.graph import Uses, constant_node_value, constants_of, node_io
 from micronet_onnx.optimize.parity import check_parity
 from micronet_onnx.optimize.rules import Context, Entry, Plan, Slot, input_affine, output_side
 from micronet_onnx.optimize.shapes import symbolic_shapes
@@ -28,7 +29,9 @@ class OptimizeError(ValueError):
 
 
 def _read(model: onnx.ModelProto, version: int) -> list[Entry]:
-    consts = constants_of(model.graph)
+    """Every node, TernaryConvs read through the node model (their constants may be initializers that
+    an old-IR file also lists as graph inputs: onnxruntime reads those as the stored values too)."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer} | constants_of(model.graph)
     entries: list[Entry] = []
     for n in model.graph.node:
         if is_ternary_conv(n):
@@ -42,13 +45,26 @@ def _read(model: onnx.ModelProto, version: int) -> list[Entry]:
     return entries
 
 
-def _context(entries: list[Entry], model: onnx.ModelProto, consts, shapes) -> Context:
-    views = [e.view() if isinstance(e, Slot) else (e if e is not None else onnx.NodeProto()) for e in entries]
-    return Context(entries, Uses(views, [o.name for o in model.graph.output]), consts, shapes)
+class _Sweeper:
+    """The rule context over the working entries, rebuilt only after a fusion changed the graph
+    (the standard nodes' `NodeIO` is read once)."""
+
+    def __init__(self, entries: list[Entry], model: onnx.ModelProto, consts, shapes) -> None:
+        self.entries, self.consts, self.shapes = entries, consts, shapes
+        self.outputs = [o.name for o in model.graph.output]
+        self.io = {id(e): node_io(e) for e in entries if isinstance(e, onnx.NodeProto)}
+        self.ctx = self.rebuild()
+
+    def rebuild(self) -> Context:
+        ios = (e.io() if isinstance(e, Slot) else self.io[id(e)] if e is not None else ([], [], [])
+               for e in self.entries)
+        self.ctx = Context(self.entries, Uses(ios, self.outputs), self.consts, self.shapes)
+        return self.ctx
 
 
 def _fuse_all(entries: list[Entry], model: onnx.ModelProto, consts, shapes) -> list[r.Fusion]:
     """Apply rules until a whole sweep applies none (the fixpoint idempotence rests on)."""
+    sweeper = _Sweeper(entries, model, consts, shapes)
     fused: list[r.Fusion] = []
     progress = True
     while progress:
@@ -57,19 +73,20 @@ def _fuse_all(entries: list[Entry], model: onnx.ModelProto, consts, shapes) -> l
             for rule in RULES:
                 while isinstance(entries[idx], Slot):
                     slot = entries[idx]
-                    plan = rule(_context(entries, model, consts, shapes), idx, slot)
+                    plan = rule(sweeper.ctx, idx, slot)
                     if not isinstance(plan, Plan):
                         break
                     plan.apply()
                     slot.dirty = True
                     slot.node.version = spec.OPSET_VERSION
                     fused.append(plan.fusion)
+                    sweeper.rebuild()
                     progress = True
     return fused
 
 
 def _refusals(entries: list[Entry], model: onnx.ModelProto, consts, shapes) -> list[r.Refusal]:
-    ctx = _context(entries, model, consts, shapes)
+    ctx = _Sweeper(entries, model, consts, shapes).ctx
     return [out for idx, e in enumerate(entries) if isinstance(e, Slot)
             for out in (rule(ctx, idx, e) for rule in RULES) if isinstance(out, r.Refusal)]
 
@@ -127,11 +144,12 @@ def _rebuild(model: onnx.ModelProto, entries: list[Entry]) -> onnx.ModelProto:
     touched = {i for n in g.node if id(n) not in kept_ids for i in n.input}
     touched |= {i for e in kept if isinstance(e, Slot) and e.dirty for i in e.proto.input}
     pending = [_pending(e) for e in kept]
-    reads = Uses(pending, [o.name for o in g.output])
+    reads = Uses((node_io(n) for n in pending), [o.name for o in g.output])
     dead = {name for name in touched if name and reads.count[name] == 0}
     nodes = [n for n in kept if not (isinstance(n, onnx.NodeProto) and constant_node_value(n) is not None
                                      and n.output[0] in dead)]
     inits = [t for t in g.initializer if t.name not in dead]
+    dropped = {t.name for t in g.initializer} - {t.name for t in inits}
     taken = {t.name for t in inits} | {vi.name for vi in g.input} | {o.name for o in g.output}
     taken |= {x for n in pending for x in (*n.input, *n.output)}
     out = onnx.ModelProto()
@@ -147,6 +165,9 @@ def _rebuild(model: onnx.ModelProto, entries: list[Entry]) -> onnx.ModelProto:
         else:
             og.node.append(e)
     del og.initializer[:]
+    graph_inputs = [vi for vi in g.input if vi.name not in dropped]  # an old-IR file lists initializers
+    del og.input[:]
+    og.input.extend(graph_inputs)
     og.initializer.extend(inits + new_inits)
     alive = {x for n in og.node for x in (*n.input, *n.output)} | {t.name for t in og.initializer}
     vis = [vi for vi in g.value_info if vi.name in alive]

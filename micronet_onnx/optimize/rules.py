@@ -31,7 +31,7 @@ from micronet_onnx.format import spec
 from micronet_onnx.format.node import TernaryConvNode
 from micronet_onnx.optimize import report as r
 from micronet_onnx.optimize.affine import AFFINE_OPS, Affine, as_affine, is_standard
-from micronet_onnx.optimize.graph import Uses
+from micronet_onnx.optimize.graph import NodeIO, Uses
 from micronet_onnx.optimize.shapes import SymShape, channels_of, same_shape
 
 
@@ -51,10 +51,15 @@ class Slot:
 
     def view(self) -> onnx.NodeProto:
         """The node as the graph now reads it: X, the stored constants, the residual; output Y."""
+        inputs, outputs, _ = self.io()
+        return onnx.helper.make_node(spec.OP_TYPE, inputs, outputs, domain=spec.DOMAIN)
+
+    def io(self) -> NodeIO:
+        """`view`'s inputs and outputs (nothing nested), without building a proto."""
         names = list(self.proto.input) + [""] * (spec.MAX_INPUTS - len(self.proto.input))
         names[spec.IN_X] = self.node.x
         names[spec.IN_RESIDUAL] = self.node.residual or ""
-        return onnx.helper.make_node(spec.OP_TYPE, names, [self.node.output], domain=spec.DOMAIN)
+        return names, [self.node.output], []
 
 
 Entry = onnx.NodeProto | Slot | None
