@@ -341,6 +341,56 @@ def test_v1_export_of_the_tiny_model_fuses_like_our_v2_export(tiny_v1):
     assert_parity(m, out)
 
 
+def unfuse(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every TernaryConv as other exporters write it: no scale/bias/activation on the node, its folded
+    BatchNorm as a standalone BatchNormalization (mean 0, var 1, epsilon 0: float16-exact) and its
+    activation as a Relu."""
+    from dataclasses import replace
+
+    from micronet_onnx.format.node import TernaryConvNode, is_ternary_conv
+
+    g = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    nodes, inits = [], {t.name: t for t in g.initializer}
+    for n in g.node:
+        if not is_ternary_conv(n):
+            nodes.append(n)
+            continue
+        t = TernaryConvNode.from_onnx(n, consts, versions.micronet_version(model))
+        out, act, scale, bias, m = t.output, t.attrs.activation, t.scale, t.bias, t.m_out
+        t.scale = t.bias = None
+        t.attrs, t.output = replace(t.attrs, activation=""), f"{t.name}.raw"
+        node, new = t.to_onnx()
+        nodes.append(node)
+        inits.update((i.name, i) for i in new)
+        names = [f"{t.name}.bn.{k}" for k in ("scale", "B", "mean", "var")]
+        values = (scale.astype(np.float32), bias.astype(np.float32), np.zeros(m, np.float32), np.ones(m, np.float32))
+        inits.update((k, numpy_helper.from_array(v, k)) for k, v in zip(names, values, strict=True))
+        bn_out = f"{t.name}.bn.out" if act else out
+        nodes.append(helper.make_node("BatchNormalization", [t.output, *names], [bn_out], name=f"{t.name}.bn",
+                                      epsilon=0.0))
+        if act:
+            nodes.append(helper.make_node("Relu", [bn_out], [out], name=f"{t.name}.relu"))
+    used = {i for n in nodes for i in n.input}
+    plain = onnx.ModelProto()
+    plain.CopyFrom(model)
+    del plain.graph.node[:], plain.graph.initializer[:]
+    plain.graph.node.extend(nodes)
+    plain.graph.initializer.extend(t for name, t in inits.items() if name in used)
+    return plain
+
+
+def test_tiny_model_written_by_another_exporter_gets_every_fusion_back(tiny_v1, tmp_path):
+    """Plain TernaryConv nodes with BatchNormalization, Relu and Add beside them: back to the 19 nodes
+    (our v2 export's 20, with the head's Relu fused too), and the same function in our library."""
+    m = unfuse(onnx.load(tiny_v1))
+    assert len(m.graph.node) == 32 + 12 + 6
+    out, report = run(m)
+    assert report.nodes_after == 19 and not report.left
+    assert report.counts() == {rep.INPUT_AFFINE: 6, rep.OUTPUT_AFFINE: 12, rep.RELU: 7, rep.RESIDUAL: 6}
+    assert_parity(m, out)
+
+
 # -- the command line ----------------------------------------------------------------------------
 def mnx(*args):
     return subprocess.run([sys.executable, "-m", "micronet_onnx", *map(str, args)], capture_output=True, text=True,
