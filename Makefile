@@ -8,9 +8,17 @@ STAMP := $(VENV)/.installed
 LIB := micronet_onnx/_lib/libmicronet_ops.so
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup lib test test-sanitize demo lint bench clean
+.PHONY: setup lib test test-sanitize demo lint bench clean browser
 
-setup: $(STAMP) $(LIB)
+setup: $(STAMP) $(LIB) browser
+
+# Debian's chromium, for the test that opens `mnx report`'s page in a real headless browser
+# (tests/test_report.py; it skips, saying why, where chromium is absent). Installed when missing and
+# apt-get can run as root; otherwise setup goes on without it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+		echo "note: chromium not installed; the report's browser test will be skipped"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +47,8 @@ demo: setup
 	$(BIN)/mnx eval $(DEMO_DIR)/dense.onnx
 	$(BIN)/mnx eval $(DEMO_DIR)/ternary.onnx
 	$(BIN)/mnx score $(DEMO_DIR)/ternary.onnx
+	$(BIN)/mnx report --force $(DEMO_DIR)/ternary.onnx --checkpoint $(DEMO_DIR)/model.pt -o $(DEMO_DIR)/report.html
+	@echo "open $(abspath $(DEMO_DIR)/report.html) in a browser (one self-contained file)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -15,6 +15,8 @@ atomically. Its keys (format 1, unchanged since the first release; `Checkpoint.t
     phase, phase_epoch    where the run stands: epochs done in that phase
     rng                   {"torch": ByteTensor, "data": ByteTensor[, "cuda": [ByteTensor]]}
     metrics, results      per-epoch rows and per-phase summaries (plain data)
+    history               per-epoch full records for plots (learning rates, lambda, centroids
+                          besides the metrics row); absent in older files, read as []
     complete              whether the run has finished
 
 `Checkpoint.load` checks the type of every field and raises a one-line `CheckpointError` naming
@@ -105,6 +107,7 @@ class Checkpoint:
     phase_epoch: int = 0
     rng: RngState | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
 
@@ -126,6 +129,7 @@ class Checkpoint:
             "phase_epoch": self.phase_epoch,
             "rng": self.rng.to_dict() if self.rng is not None else None,
             "metrics": self.metrics,
+            "history": self.history,
             "results": self.results,
             "complete": self.complete,
         }
@@ -248,6 +252,7 @@ class _Reader:
             phase_epoch=self.count(raw.get("phase_epoch", 0), "phase_epoch"),
             rng=self.optional(raw, "rng", self.rng),
             metrics=self.metrics(raw.get("metrics", []), "metrics"),
+            history=self.metrics(raw.get("history", []), "history"),
             results=self.plain_dict(raw.get("results", {}), "results"),
             complete=self.flag(raw.get("complete", False), "complete"),
         )

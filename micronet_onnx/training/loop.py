@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,23 +60,69 @@ def evaluate(model: nn.Module, split: Split, ds: Dataset, batch_size: int, devic
 
 
 class Progress:
-    """One status line per epoch, redrawn in place on a terminal."""
+    """Live progress of a run on a terminal; nothing at all off one.
 
-    def __init__(self, total: int, label: str, stream=sys.stderr) -> None:
-        self.total, self.label, self.stream = total, label, stream
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.start = time.perf_counter()
+    On a terminal (rich, which typer brings): one bar per phase (epochs done, elapsed, ETA) and one
+    per epoch (steps, loss, accuracy, images/s, and the sparsity of the last epoch in the ternary
+    phases). The run's log lines (one per epoch, `_epoch_line`) print above the bars. Off a terminal
+    (CI, ``| tee``) it draws nothing, so the log stays exactly one plain line per epoch.
+    """
 
-    def update(self, step: int, seen: int, loss: float, acc: float, final: bool = False) -> str:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        width = 20
-        filled = int(width * step / max(self.total, 1))
-        line = (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} "
-                f"loss {loss:.4f} acc {acc * 100:5.1f}% {seen / elapsed:7.1f} img/s")
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if final else ""))
-            self.stream.flush()
-        return line
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+        self._bars: Any = None
+        self._phase_task: Any = None
+        self._epoch_task: Any = None
+        self._start = time.perf_counter()
+        self._sparsity = ""
+
+    @staticmethod
+    def terminal() -> bool:
+        """Whether stdout and stderr are both a terminal (the bars draw on stderr, the log on stdout)."""
+        return all(hasattr(s, "isatty") and s.isatty() for s in (sys.stdout, sys.stderr))
+
+    @contextmanager
+    def phase(self, phase: str, n_epochs: int, done: int) -> Iterator[None]:
+        """The bars of one phase, live while its epochs run."""
+        if not self.enabled:
+            yield
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bars
+
+        self._sparsity = ""
+        self._bars = Bars(TextColumn("{task.description:<14}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                          TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+        with self._bars:
+            self._phase_task = self._bars.add_task(f"[{phase}] epochs", total=n_epochs, completed=done, info="")
+            try:
+                yield
+            finally:
+                self._bars = None
+
+    def epoch_start(self, label: str, steps: int) -> None:
+        self._start = time.perf_counter()
+        if self._bars is not None:
+            if self._epoch_task is not None and self._epoch_task in self._bars.task_ids:
+                self._bars.remove_task(self._epoch_task)
+            self._epoch_task = self._bars.add_task(label, total=steps, info="")
+
+    def update(self, step: int, seen: int, loss: float, acc: float) -> None:
+        if self._bars is None:
+            return
+        rate = seen / max(time.perf_counter() - self._start, 1e-9)
+        info = f"loss {loss:.4f} acc {acc * 100:5.1f}% {rate:7.1f} img/s{self._sparsity}"
+        self._bars.update(self._epoch_task, completed=step, info=info)
+
+    def epoch_end(self, row: dict) -> None:
+        if self._bars is None:
+            return
+        if "sparsity" in row:
+            self._sparsity = f" sparsity {row['sparsity'] * 100:.1f}%"
+        self._bars.update(self._phase_task, advance=1,
+                          info=f"val {row['val_acc'] * 100:5.1f}%{self._sparsity}")
 
 
 def _optimizer(phase: str, model: nn.Module, cfg: TrainConfig, quantizer: EC2TQuantizer | None):
@@ -116,11 +163,16 @@ class _Run:
     opt_state: dict | None = None  # optimizer / scheduler state to continue from (resume only)
     sched_state: dict | None = None
     global_epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # per epoch, the full record (Checkpoint.history)
+    progress: Progress = field(default_factory=Progress)
 
 
 def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or continue) a training run and return its results; the checkpoint is ``output``."""
+          log: Callable[[str], None] = print, progress: bool | None = None) -> dict[str, Any]:
+    """Run (or continue) a training run and return its results; the checkpoint is ``output``.
+
+    ``log`` gets the plain lines (one per epoch); ``progress`` draws live bars (`Progress`), by
+    default only when stdout and stderr are a terminal."""
     output = Path(output)
     ckpt = None
     if resume:
@@ -132,6 +184,7 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False,
         assert ckpt.train_config is not None
         cfg = ckpt.train_config
     run = _start(cfg.validate(), output, log)
+    run.progress = Progress(Progress.terminal() if progress is None else progress)
     start_phase, start_epoch = _resume(run, ckpt) if ckpt is not None else (0, 0)
     run.model.to(run.device)
     mcfg, ds = run.mcfg, run.ds
@@ -173,6 +226,7 @@ def _resume(run: _Run, ckpt: Checkpoint) -> tuple[int, int]:
     assert ckpt.phase is not None and ckpt.best is not None and ckpt.rng is not None
     start_phase = [p for p, _ in run.phases].index(ckpt.phase)
     run.metrics, run.results, run.best = ckpt.metrics, ckpt.results, ckpt.best
+    run.history = ckpt.history
     run.best_state = ckpt.best_state_dict
     if ckpt.phase != "fp":
         ternarize_model(run.model, run.ec2t_cfg)
@@ -190,8 +244,9 @@ def _run_phase(run: _Run, pi: int, first_epoch: int) -> None:
     quantizer, optimizer, scheduler = _phase_optimizer(run, phase, n_epochs)
     if quantizer is not None and first_epoch == 0 and n_epochs > 0:
         run.log(f"[{phase}] start: sparsity {overall_sparsity(run.model) * 100:.1f}%")
-    for epoch in range(first_epoch, n_epochs):
-        _run_epoch(run, phase, epoch, n_epochs, optimizer, scheduler, quantizer)
+    with run.progress.phase(phase, n_epochs, first_epoch):
+        for epoch in range(first_epoch, n_epochs):
+            _run_epoch(run, phase, epoch, n_epochs, optimizer, scheduler, quantizer)
     _phase_summary(run, phase, quantizer)
 
 
@@ -239,9 +294,10 @@ def _run_epoch(run: _Run, phase: str, epoch: int, n_epochs: int, optimizer, sche
     """One training epoch, validation, model selection, log line and checkpoint."""
     model, cfg, ds = run.model, run.cfg, run.ds
     row = _train_epoch(model, ds, run.aug, cfg, optimizer, scheduler, quantizer, run.gen, run.device,
-                       label=f"[{phase} {epoch + 1}/{n_epochs}]")
+                       progress=run.progress, label=f"[{phase} {epoch + 1}/{n_epochs}]")
     val = evaluate(model, ds.val, ds, cfg.batch_size, run.device)
     row.update(phase=phase, epoch=run.global_epoch + 1, val_acc=val["acc"], val_loss=val["loss"])
+    layer_stats: list[dict] = []
     if quantizer is not None:
         row["sparsity"] = overall_sparsity(model)
         layer_stats = quantizer.stats()
@@ -249,10 +305,12 @@ def _run_epoch(run: _Run, phase: str, epoch: int, n_epochs: int, optimizer, sche
         row["layer_sparsity"] = [round(s["sparsity"], 4) for s in layer_stats]
         row["stage_sparsity"] = _stage_sparsity(layer_stats, model)
     run.metrics.append(row)
+    run.history.append(_history_row(row, optimizer, quantizer, layer_stats))
     if val["acc"] > run.best["val_acc"]:
         run.best = {"val_acc": val["acc"], "epoch": run.global_epoch + 1}
         run.best_state = _cpu_state(model)
     run.global_epoch += 1
+    run.progress.epoch_end(row)
     run.log(_epoch_line(row))
     _save(run, phase, epoch + 1, optimizer, scheduler, ternary=phase != "fp")
 
@@ -285,9 +343,10 @@ def _finish(run: _Run) -> dict[str, Any]:
     return run.results
 
 
-def _train_epoch(model, ds, aug, cfg, optimizer, scheduler, quantizer, gen, device, label) -> dict:
+def _train_epoch(model, ds, aug, cfg, optimizer, scheduler, quantizer, gen, device, progress: Progress,
+                 label: str) -> dict:
     model.train()
-    progress = Progress(math.ceil(len(ds.train) / cfg.batch_size), label)
+    progress.epoch_start(label, math.ceil(len(ds.train) / cfg.batch_size))
     seen, correct, loss_sum, step = 0, 0, 0.0, 0
     t0 = time.perf_counter()
     for step, idx in enumerate(iterate(ds.train, cfg.batch_size, shuffle_gen=gen), start=1):
@@ -306,7 +365,6 @@ def _train_epoch(model, ds, aug, cfg, optimizer, scheduler, quantizer, gen, devi
         correct += int((logits.detach().argmax(1) == y).sum())
         loss_sum += float(loss.detach()) * len(y)
         progress.update(step, seen, loss_sum / seen, correct / seen)
-    progress.update(step, seen, loss_sum / max(seen, 1), correct / max(seen, 1), final=True)
     elapsed = time.perf_counter() - t0
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
             "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
@@ -325,6 +383,23 @@ def _stage_sparsity(layer_stats: list[dict], model: MicroNet) -> list[float]:
         zeros[stage] = zeros.get(stage, 0.0) + s["sparsity"] * n
         total[stage] = total.get(stage, 0.0) + n
     return [zeros[k] / total[k] for k in sorted(total)]
+
+
+def _history_row(row: dict, optimizer, quantizer: EC2TQuantizer | None, layer_stats: list[dict]) -> dict:
+    """The epoch's full record for `Checkpoint.history` (what `mnx plot` draws): the log row plus the
+    learning rate of every parameter group, EC2T's lambda (mean and max over layers, while the
+    assignment is not frozen) and a summary of the centroids. Reads only: no random draws, no writes."""
+    out = dict(row)
+    out["lr"] = {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+    if quantizer is not None and layer_stats:
+        if not quantizer.frozen:
+            lam = [float(lam_l) for lam_l, _ in quantizer.lambdas()]
+            out["lambda"] = {"mean": sum(lam) / len(lam), "max": max(lam)}
+        wp = [s["w_p"] for s in layer_stats]
+        wn = [s["w_n"] for s in layer_stats]
+        out["centroids"] = {"w_p_mean": sum(wp) / len(wp), "w_p_min": min(wp), "w_p_max": max(wp),
+                            "w_n_mean": sum(wn) / len(wn), "w_n_min": min(wn), "w_n_max": max(wn)}
+    return out
 
 
 def _epoch_line(row: dict) -> str:
@@ -352,6 +427,7 @@ def _save(run: _Run, phase: str, phase_epoch: int, optimizer, scheduler, *, tern
         phase_epoch=phase_epoch,
         rng=RngState.capture(run.gen),
         metrics=run.metrics,
+        history=run.history,
         results=run.results,
         complete=complete,
     ).save(run.output)
