@@ -40,9 +40,25 @@ class ConvRun {
   // Rough cost of the whole run in additions, used to decide whether to parallelise.
   virtual double Cost() const = 0;
 
-  // Computes one work item. Thread-safe, allocation-free, never throws.
+  // Computes one work item. Thread-safe, never throws; allocation-free except that the fast engines
+  // take their band scratch from a process-wide pool (fast_run.cc), which allocates a buffer only when
+  // more items run at once than ever before.
   virtual void RunWorkItem(const RunIO& io, size_t item) const noexcept = 0;
+
+  // True when some work item could not run (its scratch buffer could not be allocated): the output
+  // is then incomplete and the run must fail. Read after every item has returned.
+  virtual bool Failed() const noexcept { return false; }
 };
+
+// Output rows [oh0, oh1) of output channel o of image b, computed by the direct engine's scalar
+// code (zero weights skipped). The fast dense engine uses it for bands whose input holds a NaN or an
+// infinity, so that every kernel follows one rule for non-finite inputs (docs/runtime.md).
+class DirectRows {
+ public:
+  virtual ~DirectRows() = default;
+  virtual void ComputeRows(const RunIO& io, int64_t b, int64_t o, int64_t oh0, int64_t oh1) const noexcept = 0;
+};
+std::unique_ptr<DirectRows> PrepareDirectRows(const TernaryConvSpec& spec, const RunGeometry& geometry);
 
 class ConvEngine {
  public:

@@ -14,7 +14,9 @@ namespace micronet {
 namespace ternary_conv {
 namespace {
 
-constexpr int64_t kTile = 2048;           // accumulator floats per tile (x2: positive and negative)
+// accumulator floats per tile (x2: positive and negative), on the stack: 8 KiB in all, so that runs
+// from threads with small stacks are safe (each output's sum does not depend on the tiling)
+constexpr int64_t kTile = 1024;
 constexpr double kWorkPerItem = 32768.0;  // target additions per parallel work item
 
 // Output positions o in [lo, hi) whose input position o * stride + offset lies in [0, size).
@@ -27,7 +29,7 @@ ValidRange Valid(int64_t offset, int64_t stride, int64_t size, int64_t out_size)
   return {lo, std::max(lo, hi)};
 }
 
-class DirectRun final : public ConvRun {
+class DirectRun final : public ConvRun, public DirectRows {
  public:
   DirectRun(const TernaryConvSpec& spec, const RunGeometry& g) : s_(spec), g_(g) {
     // Valid output rows per kernel row and valid output columns per kernel column.
@@ -71,9 +73,18 @@ class DirectRun final : public ConvRun {
         const float v = s_.scale[oc] * 0.0f + s_.bias[oc];
         for (int64_t i = 0; i < plane; ++i) yo[i] = Activate(ro != nullptr ? v + ro[i] : v, s_.activation);
       } else {
-        ComputeChannel(xb, r, o, yo, ro);
+        ComputeChannel(xb, r, o, yo, ro, 0, g_.out_h);
       }
     }
+  }
+
+  void ComputeRows(const RunIO& io, int64_t b, int64_t o, int64_t oh0, int64_t oh1) const noexcept override {
+    const int32_t r = s_.out_row[static_cast<size_t>(o)];
+    if (r < 0) return;  // dead channels are written by the caller
+    const int64_t plane = g_.out_h * g_.out_w;
+    const float* xb = io.x + b * g_.channels * g_.in_h * g_.in_w;
+    const float* ro = io.residual != nullptr ? io.residual + (b * s_.m_out + o) * plane : nullptr;
+    ComputeChannel(xb, r, o, io.y + (b * s_.m_out + o) * plane, ro, oh0, oh1);
   }
 
  private:
@@ -109,7 +120,9 @@ class DirectRun final : public ConvRun {
     }
   }
 
-  void ComputeChannel(const float* xb, int32_t r, int64_t o, float* yo, const float* ro) const noexcept {
+  // Output rows [oh_begin, oh_end) of channel o (stored row r); yo and ro point at the channel's plane.
+  void ComputeChannel(const float* xb, int32_t r, int64_t o, float* yo, const float* ro, int64_t oh_begin,
+                      int64_t oh_end) const noexcept {
     float pos[kTile];
     float neg[kTile];
     const Tap* taps = s_.taps.data();
@@ -120,8 +133,8 @@ class DirectRun final : public ConvRun {
     const float scale = s_.scale[static_cast<size_t>(o)], bias = s_.bias[static_cast<size_t>(o)];
     const int64_t tile_w = std::min(g_.out_w, kTile);
     const int64_t tile_h = std::max<int64_t>(1, kTile / tile_w);
-    for (int64_t oh0 = 0; oh0 < g_.out_h; oh0 += tile_h) {
-      const int64_t oh1 = std::min(g_.out_h, oh0 + tile_h);
+    for (int64_t oh0 = oh_begin; oh0 < oh_end; oh0 += tile_h) {
+      const int64_t oh1 = std::min(oh_end, oh0 + tile_h);
       for (int64_t ow0 = 0; ow0 < g_.out_w; ow0 += tile_w) {
         const int64_t ow1 = std::min(g_.out_w, ow0 + tile_w);
         const int64_t tw = ow1 - ow0;
@@ -169,6 +182,10 @@ class DirectEngine final : public ConvEngine {
 
 std::unique_ptr<ConvEngine> CreateDirectEngine(const TernaryConvSpec& spec) {
   return std::make_unique<DirectEngine>(spec);
+}
+
+std::unique_ptr<DirectRows> PrepareDirectRows(const TernaryConvSpec& spec, const RunGeometry& geometry) {
+  return std::make_unique<DirectRun>(spec, geometry);
 }
 
 }  // namespace ternary_conv

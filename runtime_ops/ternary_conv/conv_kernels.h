@@ -61,10 +61,8 @@ struct SparseWeights {
   const int32_t* out_channel = nullptr;  // [m_stored]
   const float* scale = nullptr;          // [m_out]
   const float* bias = nullptr;           // [m_out]
-  // per stored row r: y = coef[3r] * (sum(list A) + coef[3r+1] * sum(list B)) + coef[3r+2] * S
-  const float* coef = nullptr;
-  // the group starts of S (the sum over every tap, as list A of one more row), or nullptr: no row uses S
-  const int64_t* sum_group_start = nullptr;
+  // every stored row: y = lead * (sum(list A) + ratio * sum(list B)), |ratio| <= 1
+  float lead = 0.0f, ratio = 0.0f;
   bool relu = false;
 };
 

@@ -19,15 +19,15 @@ namespace {
 
 namespace tf = ::micronet::ternary_format;
 
-// Effective density (taps the sparse kernel adds, complement forms and S included, over all taps of
-// the stored weight; see PlanRows) from which `auto` uses the dense kernel. The sparse kernel's cost
-// is proportional to its taps, the dense kernel's to all taps. Measured on MicroNet's shapes (mnx
-// bench --layers, batch 1, one thread; docs/runtime.md): at unit stride on 16x16 and 32x32 planes the
-// sparse kernel wins at every sparsity (at 0 % zeros its complement form adds half the taps and runs
-// 1.4x the dense kernel; at 33 % zeros, the worst case with two thirds of the taps, 1.15x), so the
-// bound is above what it can reach; on planes of at most 64 outputs (8x8) its tiles are short and
-// the dense kernel wins from about 0.55; strided layers read a pre-shifted copy per (kw, row phase)
-// whose taps run slower, and there the dense kernel wins from about 0.4.
+// Effective density (taps the sparse kernel adds over all taps of the stored weight: the non-zero
+// weights, see PlanRows) from which `auto` uses the dense kernel. The sparse kernel's cost is
+// proportional to its taps, the dense kernel's to all taps. Measured on MicroNet's shapes (mnx bench
+// --layers, batch 1, one thread; docs/runtime.md): at unit stride on 16x16 and 32x32 planes the sparse
+// kernel ran 1.15x the dense one at 33 % zeros (two thirds of the taps), so the bound there is 0.75;
+// on planes of at most 64 outputs (8x8) its tiles are short and the dense kernel wins from about
+// 0.55; strided layers read a pre-shifted copy per (kw, row phase) whose taps run slower, and there
+// the dense kernel wins from about 0.4. (The thresholds were measured when low-sparsity rows still
+// used the complement forms; rows of more than 75 % non-zeros now go to the dense kernel.)
 constexpr double kDenseDensityUnitStride = 0.75;
 constexpr double kDenseDensitySmallPlane = 0.55;
 constexpr int64_t kSmallPlane = 64;
@@ -89,7 +89,7 @@ std::unique_ptr<ConvEngine> CreateEngine(const TernaryConvSpec& spec, const Node
   d.weight_shape[2] = spec.k_h;
   d.weight_shape[3] = spec.k_w;
   d.group = spec.group;
-  for (int8_t m : rows.mode) d.complement_rows += m != 0 ? 1 : 0;
+  d.complement_rows = 0;  // complement forms were dropped (fast_decode.cc, PlanRows); the field stays
   if (c.log) LogDecision(d);
   if (!c.report_path.empty()) ReportDecision(d, c.report_path);
   return engine;

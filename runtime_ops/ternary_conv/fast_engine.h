@@ -7,8 +7,8 @@
 //
 // Both share one execution scheme (see conv_kernels.h and docs/runtime.md, "Kernels and
 // performance"): a run is split into work items (image, band of output rows, part of the stored
-// rows); an item copies the input rows its band reads into a zero-padded scratch buffer on its
-// stack, laid out so that every tap is one constant offset (one plane per input channel plus lane
+// rows); an item copies the input rows its band reads into a zero-padded scratch buffer (from a
+// process-wide pool, fast_run.cc), laid out so that every tap is one constant offset (one plane per input channel plus lane
 // masks in the common stride-1 "same" geometry, pre-shifted planes otherwise), then runs the SIMD
 // kernel of the instruction set chosen at kernel creation over that band:
 //
@@ -36,7 +36,7 @@ namespace micronet {
 namespace ternary_conv {
 namespace fast {
 
-// Scratch floats a work item may use (on its stack): 192 KiB. Every tap offset is below it, so
+// Scratch floats a work item may use (a buffer of the pool in fast_run.cc): 192 KiB. Every tap offset is below it, so
 // offsets are stored as kernels::Offset (16 bits).
 constexpr int64_t kMaxScratchFloats = 48 * 1024;
 static_assert(kMaxScratchFloats <= 65536, "tap offsets must fit kernels::Offset");
@@ -48,6 +48,9 @@ constexpr double kWorkPerItem = 192.0 * 1024.0;
 constexpr int64_t kMaxItemsWanted = 2;
 // Average non-zero taps per (row, sign, kw) from which the lane-shift sparse kernel is used.
 constexpr double kLaneShiftMinTaps = 4.0;
+
+// The spec's tap range of list `list` (0: A, 1: B) of stored row r (see FastEngine::negative_first_).
+inline int64_t ListIndex(int64_t r, int list, bool negative_first) { return 2 * r + (list ^ (negative_first ? 1 : 0)); }
 
 // Everything that depends on the input size (H, W): band layout, tap offsets, lane masks. Built on
 // the first run of a size and shared by every later run of that size.
@@ -75,16 +78,12 @@ struct Plan {
   double cost_per_image = 0;         // additions (sparse) or multiply-adds (dense) of one image
 };
 
-// How the sparse kernel sums each stored row. A ternary row's output is c_pos * P + c_neg * N, with P
-// (N) the sum of the inputs under its positive (negative) taps. With Z the inputs under its zero
-// taps and S the sum under every tap of the window (shared by all rows), N = S - P - Z, so the row is
-// also (c_pos - c_neg) * P - c_neg * Z + c_neg * S, or likewise from N and Z: each row adds the
-// smaller two of its three tap lists. A dense ternary weight (no zeros) then costs half its taps,
-// and no layer more than about two thirds. Only with group == 1 (one S for all rows).
+// How the sparse kernel sums each stored row: its positive and negative taps (taps: the taps it adds
+// per output position, the non-zero weights). The complement forms that once summed a row from its
+// zero taps and a shared window sum were dropped (their error grew with the inputs under zero
+// weights); the report's complement_rows is therefore 0.
 struct RowPlan {
-  std::vector<int8_t> mode;  // per stored row: 0 = (P, N), 1 = (P, Z) + S, 2 = (N, Z) + S
-  bool use_sum = false;      // some row uses S: the engine computes it as an extra row
-  int64_t taps = 0;          // taps the sparse kernel adds per output position (S included)
+  int64_t taps = 0;
 };
 
 RowPlan PlanRows(const TernaryConvSpec& s);  // fast_decode.cc
@@ -106,17 +105,18 @@ class FastEngine final : public ConvEngine {
   const char* Name() const override { return dense_ ? "dense" : "sparse"; }
 
   std::unique_ptr<ConvRun> Prepare(const RunGeometry& g) const override;  // fast_run.cc
-  // Computes work item `item` of a run split into `parts` parts of `part_len` units per band.
-  void Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t part_len, const RunIO& io,
-           size_t item) const noexcept;
+  // Computes work item `item` of a run split into `parts` parts of `part_len` units per band; bands
+  // whose input holds a NaN or an infinity go to `non_finite` when given (the dense engine). False
+  // when no scratch buffer could be allocated (the item's output is then not written).
+  bool Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t part_len, const RunIO& io, size_t item,
+           const DirectRows* non_finite) const noexcept;
 
  private:
   // fast_decode.cc
-  void Decode(const RowPlan& rp);
-  std::vector<int32_t> DecodeSlots(int64_t* max_channel);
+  void DecodeSlots();
   void DecodeOutputs();
-  void DecodeSparse(const RowPlan& rp, const std::vector<int32_t>& slot_of, int64_t max_channel);
-  void DecodeDense(const std::vector<int32_t>& slot_of);
+  void DecodeSparse();
+  void DecodeDense();
 
   // fast_plan.cc
   std::shared_ptr<Plan> BuildPlan(const RunGeometry& g) const;
@@ -145,16 +145,12 @@ class FastEngine final : public ConvEngine {
   std::vector<float> slot_affine_;     // format v2 input affine per slot: {in_scale, in_bias}; empty if none
   std::vector<int32_t> out_channel_;   // stored row -> output channel
   std::vector<int32_t> dead_;          // output channels without a stored row
-  // taps as (slot, kh, kw): sparse in row_start_ order; dense k = (kw, slot, kh) row-major
-  std::vector<int32_t> tap_slot_, tap_kh_, tap_kw_;
-  // sparse: stored row r sums the taps of list A = [row_start_[2r], row_start_[2r+1]) and of list B =
-  // [row_start_[2r+1], row_start_[2r+2]) and computes coef_[3r] * (A + coef_[3r+1] * B) + coef_[3r+2] * S,
-  // where S (the sum over every tap of the window, all stored channels) is the extra row m_stored,
-  // present when some row uses a complement form (see RowPlan).
-  std::vector<int64_t> row_start_;
-  std::vector<float> coef_;
-  int64_t sparse_rows_ = 0;  // m_stored, + 1 with the S row
-  bool has_sum_ = false;
+  std::vector<int32_t> slot_of_;       // X channel -> slot (-1: no tap reads it)
+  // sparse: stored row r sums list A = the spec's positive taps of r (negative when negative_first_)
+  // and list B = the other sign's, as coef_[0] * (A + coef_[1] * B); the taps are read from the spec
+  // itself (s_.taps, s_.row_start) when a plan is built, so the engine keeps no per-tap table
+  bool negative_first_ = false;
+  float coef_[2] = {0.0f, 0.0f};
   int64_t k_total_ = 0, blocks_ = 0;
   std::vector<float> dense_weights_;
 

@@ -42,7 +42,7 @@ std::shared_ptr<Plan> FastEngine::BuildPlan(const RunGeometry& g) const {
   const double plane = static_cast<double>(g.out_h) * static_cast<double>(g.out_w);
   p->cost_per_image = dense_ ? plane * (static_cast<double>(k_total_) * static_cast<double>(s_.m_stored) +
                                         2.0 * static_cast<double>(s_.m_out))
-                             : plane * (static_cast<double>(tap_slot_.size()) + 2.0 * static_cast<double>(s_.m_out));
+                             : plane * (static_cast<double>(s_.nnz) + 2.0 * static_cast<double>(s_.m_out));
   return p;
 }
 
@@ -139,8 +139,7 @@ void FastEngine::PlanGroups(const PlanAxes& ax, int64_t out_w, Plan* p, std::vec
                             std::vector<int64_t>* group_kw) const {
   const TernaryConvSpec& s = s_;
   const double taps_per_group = dense_ ? 0.0
-                                      : static_cast<double>(tap_slot_.size()) /
-                                            static_cast<double>(2 * sparse_rows_ * s.k_w);
+                                      : static_cast<double>(s.nnz) / static_cast<double>(2 * s.m_stored * s.k_w);
   const bool lane_shift = !dense_ && p->same && isa_->lane_shift && taps_per_group >= kLaneShiftMinTaps;
   group_of->assign(static_cast<size_t>(s.k_h * s.k_w), 0);
   if (p->same) {
@@ -208,47 +207,57 @@ void FastEngine::PlanMasks(const PlanAxes& ax, int64_t out_w, const std::vector<
   }
 }
 
-// Taps in group order with their scratch offsets (lane-shifted groups: aligned down to 16).
+// Taps in group order with their scratch offsets (lane-shifted groups: aligned down to 16). Sparse:
+// the spec's taps of every (row, list) bucketed by group and sorted by offset; dense: k = (kw, slot, kh).
 void FastEngine::PlanTaps(const PlanAxes& ax, int64_t out_w, const std::vector<int32_t>& group_of, Plan* p) const {
   const TernaryConvSpec& s = s_;
-  auto tap_offset = [&](size_t t) {
-    const int64_t kh = tap_kh_[t], kw = tap_kw_[t];
+  auto offset = [&](int64_t slot, int64_t kh, int64_t kw) {
     const int32_t grp = group_of[static_cast<size_t>(kh * s.k_w + kw)];
-    return static_cast<int32_t>(p->lead + tap_slot_[t] * p->chan_stride + RelOffset(ax, *p, s.stride_h, out_w, kh, kw) -
-                                p->group_shift[static_cast<size_t>(grp)]);
+    return p->lead + slot * p->chan_stride + RelOffset(ax, *p, s.stride_h, out_w, kh, kw) -
+           p->group_shift[static_cast<size_t>(grp)];
   };
-  std::vector<size_t> order;  // tap indices in group order
   const int64_t G = p->groups;
-  if (!dense_) {
-    p->group_start.assign(static_cast<size_t>(2 * sparse_rows_ * G + 1), 0);
-    order.reserve(tap_slot_.size());
-    std::vector<std::vector<size_t>> buckets(static_cast<size_t>(G));
-    for (int64_t rs = 0; rs < 2 * sparse_rows_; ++rs) {  // (row, list)
-      const size_t b = static_cast<size_t>(row_start_[static_cast<size_t>(rs)]);
-      const size_t e = static_cast<size_t>(row_start_[static_cast<size_t>(rs + 1)]);
-      for (auto& bucket : buckets) bucket.clear();
-      for (size_t i = b; i < e; ++i) {
-        buckets[static_cast<size_t>(group_of[static_cast<size_t>(tap_kh_[i] * s.k_w + tap_kw_[i])])].push_back(i);
-      }
-      for (int64_t grp = 0; grp < G; ++grp) {
-        p->group_start[static_cast<size_t>(rs * G + grp)] = static_cast<int64_t>(order.size());
-        auto& bucket = buckets[static_cast<size_t>(grp)];
-        // increasing offsets: the loads walk the input forwards
-        std::sort(bucket.begin(), bucket.end(), [&](size_t u, size_t v) { return tap_offset(u) < tap_offset(v); });
-        order.insert(order.end(), bucket.begin(), bucket.end());
-      }
-    }
-    p->group_start[static_cast<size_t>(2 * sparse_rows_ * G)] = static_cast<int64_t>(order.size());
-  } else {
+  if (dense_) {
     // dense taps are ordered by kw, and (same layout) the groups are the kw values
+    const int64_t slots = static_cast<int64_t>(slot_channel_.size());
     p->group_start.assign(static_cast<size_t>(G + 1), 0);
-    for (size_t i = 0; i < tap_slot_.size(); ++i) order.push_back(i);
     for (int64_t grp = 0; grp <= G; ++grp) {
       p->group_start[static_cast<size_t>(grp)] = G == 1 ? (grp == 0 ? 0 : k_total_) : grp * (k_total_ / s.k_w);
     }
+    p->offsets.resize(static_cast<size_t>(k_total_));
+    size_t i = 0;
+    for (int64_t kw = 0; kw < s.k_w; ++kw) {
+      for (int64_t sl = 0; sl < slots; ++sl) {
+        for (int64_t kh = 0; kh < s.k_h; ++kh) p->offsets[i++] = static_cast<kernels::Offset>(offset(sl, kh, kw));
+      }
+    }
+    return;
   }
-  p->offsets.resize(order.size());
-  for (size_t i = 0; i < order.size(); ++i) p->offsets[i] = static_cast<kernels::Offset>(tap_offset(order[i]));
+  auto tap_offset = [&](size_t t) {
+    const Tap& tap = s.taps[t];
+    return offset(slot_of_[static_cast<size_t>(tap.channel)], tap.kh, tap.kw);
+  };
+  p->group_start.assign(static_cast<size_t>(2 * s.m_stored * G + 1), 0);
+  p->offsets.clear();
+  p->offsets.reserve(s.taps.size());
+  std::vector<std::vector<size_t>> buckets(static_cast<size_t>(G));
+  for (int64_t rs = 0; rs < 2 * s.m_stored; ++rs) {  // (row, list)
+    const size_t li = static_cast<size_t>(ListIndex(rs / 2, static_cast<int>(rs % 2), negative_first_));
+    const size_t b = static_cast<size_t>(s.row_start[li]), e = static_cast<size_t>(s.row_start[li + 1]);
+    for (auto& bucket : buckets) bucket.clear();
+    for (size_t i = b; i < e; ++i) {
+      const Tap& tap = s.taps[i];
+      buckets[static_cast<size_t>(group_of[static_cast<size_t>(tap.kh * s.k_w + tap.kw)])].push_back(i);
+    }
+    for (int64_t grp = 0; grp < G; ++grp) {
+      p->group_start[static_cast<size_t>(rs * G + grp)] = static_cast<int64_t>(p->offsets.size());
+      auto& bucket = buckets[static_cast<size_t>(grp)];
+      // increasing offsets: the loads walk the input forwards
+      std::sort(bucket.begin(), bucket.end(), [&](size_t u, size_t v) { return tap_offset(u) < tap_offset(v); });
+      for (size_t t : bucket) p->offsets.push_back(static_cast<kernels::Offset>(tap_offset(t)));
+    }
+  }
+  p->group_start[static_cast<size_t>(2 * s.m_stored * G)] = static_cast<int64_t>(p->offsets.size());
 }
 
 }  // namespace fast

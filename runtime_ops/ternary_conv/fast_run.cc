@@ -2,7 +2,10 @@
 // of a run's input size and splits the run into work items; a work item fills its band's scratch
 // copy of the input and hands the band to the SIMD kernel of the engine's instruction set.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -21,11 +24,60 @@ using kernels::BandJob;
 using kernels::DenseWeights;
 using kernels::SparseWeights;
 
+// Band scratch buffers of kMaxScratchFloats floats (192 KiB), shared by every node and session of the
+// process: a work item takes one for its duration and gives it back, so the pool holds as many
+// buffers as work items ever ran at once (about the number of threads), allocated on first need and
+// then reused. Before, the buffer was on the work item's stack, and a run from a thread with a small
+// stack (128-200 KiB, legal for embedders) overflowed it. The free list is kept inside the free
+// buffers (no allocation to give one back) under a spin lock (held for a few instructions); the
+// pool is never destroyed, so its buffers stay reachable and nothing runs at unload.
+class ScratchPool {
+ public:
+  static ScratchPool& Get() {
+    static ScratchPool* pool = new ScratchPool;
+    return *pool;
+  }
+  float* Acquire() noexcept {
+    Lock();
+    void* b = head_;
+    if (b != nullptr) head_ = *static_cast<void**>(b);
+    Unlock();
+    if (b == nullptr) b = std::aligned_alloc(64, static_cast<size_t>(kMaxScratchFloats) * sizeof(float));
+    return static_cast<float*>(b);
+  }
+  void Release(float* buffer) noexcept {
+    Lock();
+    *reinterpret_cast<void**>(buffer) = head_;
+    head_ = buffer;
+    Unlock();
+  }
+
+ private:
+  void Lock() noexcept {
+    while (busy_.test_and_set(std::memory_order_acquire)) {
+    }
+  }
+  void Unlock() noexcept { busy_.clear(std::memory_order_release); }
+  std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
+  void* head_ = nullptr;
+};
+
+// True when every float of [p, p + n) is finite (neither NaN nor infinite): exponent bits not all set.
+bool AllFinite(const float* p, int64_t n) noexcept {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, p + i, sizeof bits);
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
 class FastRun final : public ConvRun {
  public:
   FastRun(const FastEngine& e, std::shared_ptr<const Plan> plan, const RunGeometry& g, int64_t parts,
-          int64_t part_len)
-      : e_(e), plan_(std::move(plan)), g_(g), parts_(parts), part_len_(part_len) {}
+          int64_t part_len, std::unique_ptr<DirectRows> non_finite)
+      : e_(e), plan_(std::move(plan)), g_(g), parts_(parts), part_len_(part_len), non_finite_(std::move(non_finite)) {}
   size_t NumWorkItems() const override {
     return g_.batch <= 0 ? 0
                          : static_cast<size_t>(g_.batch) * static_cast<size_t>(plan_->num_bands) *
@@ -33,12 +85,15 @@ class FastRun final : public ConvRun {
   }
   double Cost() const override { return plan_->cost_per_image * static_cast<double>(g_.batch); }
   void RunWorkItem(const RunIO& io, size_t item) const noexcept override;
+  bool Failed() const noexcept override { return failed_.load(std::memory_order_relaxed); }
 
  private:
   const FastEngine& e_;
   std::shared_ptr<const Plan> plan_;
   RunGeometry g_;
   int64_t parts_, part_len_;
+  std::unique_ptr<DirectRows> non_finite_;  // dense engine: bands with a NaN/inf input (see FastEngine::Run)
+  mutable std::atomic<bool> failed_{false};
 };
 
 }  // namespace
@@ -72,7 +127,8 @@ std::unique_ptr<ConvRun> FastEngine::Prepare(const RunGeometry& g) const {
   parts = std::max<int64_t>(1, std::min<int64_t>(parts, std::max<int64_t>(units, 1)));
   const int64_t part_len = std::max<int64_t>(1, (units + parts - 1) / parts);
   parts = std::max<int64_t>(1, (units + part_len - 1) / part_len);
-  return std::make_unique<FastRun>(*this, std::move(plan), g, parts, part_len);
+  std::unique_ptr<DirectRows> non_finite = dense_ ? PrepareDirectRows(s_, g) : nullptr;
+  return std::make_unique<FastRun>(*this, std::move(plan), g, parts, part_len, std::move(non_finite));
 }
 
 void FastEngine::FillScratch(const Plan& p, const RunGeometry& g, const float* xb, int64_t oh0,
@@ -163,15 +219,15 @@ void FastEngine::RunBand(const Plan& p, const RunGeometry& g, const float* scrat
     w.out_channel = out_channel_.data();
     w.scale = s.scale.data();
     w.bias = s.bias.data();
-    w.coef = coef_.data();
-    w.sum_group_start = has_sum_ ? p.group_start.data() + 2 * s.m_stored * p.groups : nullptr;
+    w.lead = coef_[0];
+    w.ratio = coef_[1];
     w.relu = s.activation == Activation::kRelu;
     isa_->sparse_band(w, job);
   }
 }
 
-void FastEngine::Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t part_len, const RunIO& io,
-                     size_t item) const noexcept {
+bool FastEngine::Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t part_len, const RunIO& io,
+                     size_t item, const DirectRows* non_finite) const noexcept {
   const TernaryConvSpec& s = s_;
   const int64_t per_image = p.num_bands * parts;
   const int64_t b = static_cast<int64_t>(item) / per_image;
@@ -187,9 +243,22 @@ void FastEngine::Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t
   const int64_t units = dense_ ? blocks_ : s.m_stored;
   const int64_t u0 = part * part_len, u1 = std::min(units, u0 + part_len);
   if (u1 > u0) {
-    alignas(64) float scratch[kMaxScratchFloats];
+    ScratchPool& pool = ScratchPool::Get();
+    float* scratch = pool.Acquire();
+    if (scratch == nullptr) return false;
     FillScratch(p, g, xb, oh0, scratch);
-    RunBand(p, g, scratch, yb + oh0 * g.out_w, rb != nullptr ? rb + oh0 * g.out_w : nullptr, rows, u0, u1);
+    if (non_finite != nullptr && !AllFinite(scratch, p.scratch_floats)) {
+      // The dense kernel multiplies every input by its weight, zeros included, and 0 * NaN or
+      // 0 * inf is NaN; the rule (docs/runtime.md, "Numerics") is that a zero weight is no term,
+      // as in the sparse and direct kernels. Such bands (rare) take the direct engine's code.
+      const int64_t r_end = std::min(s.m_stored, u1 * isa_->dense_block);
+      for (int64_t r = u0 * isa_->dense_block; r < r_end; ++r) {
+        non_finite->ComputeRows(io, b, out_channel_[static_cast<size_t>(r)], oh0, oh0 + rows);
+      }
+    } else {
+      RunBand(p, g, scratch, yb + oh0 * g.out_w, rb != nullptr ? rb + oh0 * g.out_w : nullptr, rows, u0, u1);
+    }
+    pool.Release(scratch);
   }
   if (part == 0) {  // output channels without a stored row: act(scale * 0 + bias (+ residual))
     for (int32_t o : dead_) {
@@ -204,10 +273,11 @@ void FastEngine::Run(const Plan& p, const RunGeometry& g, int64_t parts, int64_t
       }
     }
   }
+  return true;
 }
 
 void FastRun::RunWorkItem(const RunIO& io, size_t item) const noexcept {
-  e_.Run(*plan_, g_, parts_, part_len_, io, item);
+  if (!e_.Run(*plan_, g_, parts_, part_len_, io, item, non_finite_.get())) failed_.store(true, std::memory_order_relaxed);
 }
 
 }  // namespace fast

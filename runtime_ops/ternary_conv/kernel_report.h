@@ -25,11 +25,11 @@ struct KernelDecision {
   std::string requested_isa;  // MICRONET_TERNARY_ISA ("auto" when unset)
   std::string requested_algo;  // the requested engine after parsing (the log's "requested"; portable = sparse)
   double density = 0;       // non-zero weights / all weights
-  double effective = 0;     // taps the sparse kernel adds / all weights (complement forms, see RowPlan)
+  double effective = 0;     // taps the sparse kernel adds / all weights (= density since the complement forms went)
   int64_t nnz = 0;
   int64_t weight_shape[4] = {0, 0, 0, 0};
   int64_t group = 1;
-  int64_t complement_rows = 0;  // stored rows summed in a complement form
+  int64_t complement_rows = 0;  // stored rows summed in a complement form: always 0 (report version 1 keeps it)
   int64_t plane = 0;            // output plane (OH * OW) from the graph's X size; 0 when unknown
   double dense_threshold = 0;   // the effective density from which `auto` picks the dense kernel
 };

@@ -353,6 +353,8 @@ std::string ReadResidual(const Kernel& k, OrtKernelContext* context, size_t num_
   return {};
 }
 
+constexpr const char* kScratchFailure = "out of memory for a band scratch buffer";
+
 std::string Compute(const Kernel& k, OrtKernelContext* context) {
   const OrtApi* api = k.api;
   const TernaryConvSpec& s = k.spec;
@@ -421,11 +423,11 @@ std::string Compute(const Kernel& k, OrtKernelContext* context) {
   const size_t items = run->NumWorkItems();
   if (items > 1 && run->Cost() >= kMinParallelCost && api->KernelContext_ParallelFor != nullptr) {
     OrtStatus* st = api->KernelContext_ParallelFor(context, RunJobItem, items, 0, &job);
-    if (st == nullptr) return {};
+    if (st == nullptr) return run->Failed() ? kScratchFailure : std::string();
     api->ReleaseStatus(st);  // fall back to the calling thread (items are idempotent)
   }
   for (size_t i = 0; i < items; ++i) RunJobItem(&job, i);
-  return {};
+  return run->Failed() ? kScratchFailure : std::string();
 }
 
 OrtStatusPtr ORT_API_CALL KernelComputeV2(void* op_kernel, OrtKernelContext* context) noexcept {
