@@ -65,18 +65,36 @@ class Uses:
         self.readers: dict[str, list[int]] = {}
         self.producer: dict[str, int] = {}
         self.outputs = set(graph_outputs)
-        for idx, (inputs, outputs, nested) in enumerate(nodes):
-            for name in inputs:
-                if name:
-                    self.count[name] += 1
-                    self.readers.setdefault(name, []).append(idx)
-            for name in nested:
-                self.count[name] += 1  # a reader that cannot be rewired
-            for name in outputs:
-                if name:
-                    self.producer[name] = idx
+        for idx, io in enumerate(nodes):
+            self.add(idx, io)
         for name in self.outputs:
             self.count[name] += 1
+
+    def add(self, idx: int, io: NodeIO) -> None:
+        """Count the node at ``idx`` (its reads, nested reads and outputs)."""
+        inputs, outputs, nested = io
+        for name in inputs:
+            if name:
+                self.count[name] += 1
+                self.readers.setdefault(name, []).append(idx)
+        for name in nested:
+            self.count[name] += 1  # a reader that cannot be rewired
+        for name in outputs:
+            if name:
+                self.producer[name] = idx
+
+    def remove(self, idx: int, io: NodeIO) -> None:
+        """Undo `add` of the node at ``idx`` (so a fusion updates the index, not rebuilds it)."""
+        inputs, outputs, nested = io
+        for name in inputs:
+            if name:
+                self.count[name] -= 1
+                self.readers[name].remove(idx)
+        for name in nested:
+            self.count[name] -= 1
+        for name in outputs:
+            if name and self.producer.get(name) == idx:
+                del self.producer[name]
 
     def sole_reader(self, name: str) -> int | None:
         """The index of the one node reading ``name`` once, when nothing else reads it (no other

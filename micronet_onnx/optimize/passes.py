@@ -55,11 +55,21 @@ class _Sweeper:
         self.io = {id(e): node_io(e) for e in entries if isinstance(e, onnx.NodeProto)}
         self.ctx = self.rebuild()
 
+    def io_of(self, e: Entry):
+        return e.io() if isinstance(e, Slot) else self.io[id(e)] if e is not None else ([], [], [])
+
     def rebuild(self) -> Context:
-        ios = (e.io() if isinstance(e, Slot) else self.io[id(e)] if e is not None else ([], [], [])
-               for e in self.entries)
-        self.ctx = Context(self.entries, Uses(ios, self.outputs), self.consts, self.shapes)
+        self.ctx = Context(self.entries, Uses(map(self.io_of, self.entries), self.outputs), self.consts, self.shapes)
         return self.ctx
+
+    def apply(self, plan: Plan) -> None:
+        """Make the fusion and update the reader index for the entries it touched."""
+        before = {k: self.io_of(self.entries[k]) for k in plan.touched}
+        plan.apply()
+        for k, io in before.items():
+            self.ctx.uses.remove(k, io)
+        for k in plan.touched:
+            self.ctx.uses.add(k, self.io_of(self.entries[k]))
 
 
 def _fuse_all(entries: list[Entry], model: onnx.ModelProto, consts, shapes) -> list[r.Fusion]:
@@ -76,11 +86,10 @@ def _fuse_all(entries: list[Entry], model: onnx.ModelProto, consts, shapes) -> l
                     plan = rule(sweeper.ctx, idx, slot)
                     if not isinstance(plan, Plan):
                         break
-                    plan.apply()
+                    sweeper.apply(plan)
                     slot.dirty = True
                     slot.node.version = spec.OPSET_VERSION
                     fused.append(plan.fusion)
-                    sweeper.rebuild()
                     progress = True
     return fused
 
@@ -179,6 +188,23 @@ def _rebuild(model: onnx.ModelProto, entries: list[Entry]) -> onnx.ModelProto:
     return out
 
 
+def _analyse(model: onnx.ModelProto) -> tuple[list[Entry], r.OptimizeReport]:
+    """The working entries with every fusion applied, and the report so far (no output model yet)."""
+    version_in = versions.micronet_version(model)
+    entries = _read(model, version_in) if version_in is not None else []
+    slots = {i: e.node for i, e in enumerate(entries) if isinstance(e, Slot)}
+    report = r.OptimizeReport(format_version_in=version_in, format_version_out=version_in,
+                              ternary_nodes=len(slots), nodes_before=len(model.graph.node),
+                              nodes_after=len(model.graph.node))
+    if slots:
+        consts = constants_of(model.graph)
+        shapes = symbolic_shapes(model, slots)
+        report.fused = _fuse_all(entries, model, consts, shapes)
+        report.left = _refusals(entries, model, consts, shapes)
+        report.format_version_out = spec.OPSET_VERSION
+    return entries, report
+
+
 def optimize_model(model: onnx.ModelProto, *, check: bool = True, probe_batch: int = 2,
                    seed: int = 0) -> tuple[onnx.ModelProto, r.OptimizeReport]:
     """``model`` in the current TernaryConv format with the fusions of `rules` made, and the report.
@@ -188,22 +214,12 @@ def optimize_model(model: onnx.ModelProto, *, check: bool = True, probe_batch: i
     each input: ``probe_batch``); a mismatch raises `OptimizeError`. A malformed TernaryConv node
     raises `spec.FormatError`.
     """
-    version_in = versions.micronet_version(model)
-    entries = _read(model, version_in) if version_in is not None else []
-    slots = {i: e.node for i, e in enumerate(entries) if isinstance(e, Slot)}
-    report = r.OptimizeReport(format_version_in=version_in, format_version_out=version_in,
-                              ternary_nodes=len(slots), nodes_before=len(model.graph.node),
-                              nodes_after=len(model.graph.node))
-    if not slots:
+    entries, report = _analyse(model)
+    if not report.ternary_nodes:
         out = onnx.ModelProto()
         out.CopyFrom(model)
         return out, report
-    consts = constants_of(model.graph)
-    shapes = symbolic_shapes(model, slots)
-    report.fused = _fuse_all(entries, model, consts, shapes)
-    report.left = _refusals(entries, model, consts, shapes)
     out = _rebuild(model, entries)
-    report.format_version_out = spec.OPSET_VERSION
     report.nodes_after = len(out.graph.node)
     if check and report.changed:
         report.parity = check_parity(model, out, batch=probe_batch, seed=seed)
@@ -216,8 +232,8 @@ def optimize_model(model: onnx.ModelProto, *, check: bool = True, probe_batch: i
 
 def would_optimize(model: onnx.ModelProto) -> int:
     """How many fusions `optimize_model` would make on ``model`` (0: it would gain nothing from
-    `mnx optimize`). No parity check is run."""
-    return len(optimize_model(model, check=False)[1].fused)
+    `mnx optimize`). Nothing is written or checked; cheap next to a benchmark."""
+    return len(_analyse(model)[1].fused)
 
 
 __all__ = ["OptimizeError", "optimize_model", "would_optimize"]

@@ -77,6 +77,7 @@ class Context:
 class Plan:
     fusion: r.Fusion
     apply: Callable[[], None]
+    touched: tuple[int, ...]  # the entries `apply` changes (for the index update)
 
 
 Outcome = Plan | r.Refusal | None
@@ -127,7 +128,7 @@ def input_affine(ctx: Context, idx: int, slot: Slot) -> Outcome:
         t.x = affine.x
         ctx.entries[p] = None
 
-    return Plan(r.Fusion(slot.label, r.INPUT_AFFINE, src.op_type, src.name), apply)
+    return Plan(r.Fusion(slot.label, r.INPUT_AFFINE, src.op_type, src.name), apply, (p, idx))
 
 
 def _fold_output(ctx: Context, idx: int, j: int, slot: Slot, dst: onnx.NodeProto, affine: Affine) -> Outcome:
@@ -153,7 +154,7 @@ def _fold_output(ctx: Context, idx: int, j: int, slot: Slot, dst: onnx.NodeProto
             slot.changed.add(spec.IN_BIAS)
         _take_output(ctx, idx, j, slot, dst)
 
-    return Plan(r.Fusion(slot.label, r.OUTPUT_AFFINE, dst.op_type, dst.name), apply)
+    return Plan(r.Fusion(slot.label, r.OUTPUT_AFFINE, dst.op_type, dst.name), apply, (idx, j))
 
 
 def _take_output(ctx: Context, idx: int, j: int, slot: Slot, dst: onnx.NodeProto) -> None:
@@ -180,7 +181,7 @@ def _residual(ctx: Context, idx: int, j: int, slot: Slot, dst: onnx.NodeProto) -
         t.residual = other
         _take_output(ctx, idx, j, slot, dst)
 
-    return Plan(r.Fusion(slot.label, r.RESIDUAL, dst.op_type, dst.name), apply)
+    return Plan(r.Fusion(slot.label, r.RESIDUAL, dst.op_type, dst.name), apply, (idx, j))
 
 
 def _relu(ctx: Context, idx: int, j: int, slot: Slot, dst: onnx.NodeProto) -> Outcome:
@@ -192,7 +193,7 @@ def _relu(ctx: Context, idx: int, j: int, slot: Slot, dst: onnx.NodeProto) -> Ou
         t.attrs = replace(t.attrs, activation="Relu")
         _take_output(ctx, idx, j, slot, dst)
 
-    return Plan(r.Fusion(slot.label, r.RELU, dst.op_type, dst.name), apply)
+    return Plan(r.Fusion(slot.label, r.RELU, dst.op_type, dst.name), apply, (idx, j))
 
 
 FOLLOWERS = ("BatchNormalization", "Mul", "Add", "Relu")
