@@ -8,8 +8,9 @@
 // Both share one execution scheme (see conv_kernels.h and docs/runtime.md, "Kernels and
 // performance"): a run is split into work items (image, band of output rows, part of the stored
 // rows); an item copies the input rows its band reads into a zero-padded scratch buffer (from a
-// process-wide pool, fast_run.cc), laid out so that every tap is one constant offset (one plane per input channel plus lane
-// masks in the common stride-1 "same" geometry, pre-shifted planes otherwise), then runs the SIMD
+// process-wide pool, fast_run.cc), laid out so that every tap is one constant offset (one plane per
+// input channel plus lane masks in the common stride-1 "same" geometry, pre-shifted planes
+// otherwise), then runs the SIMD
 // kernel of the instruction set chosen at kernel creation over that band:
 //
 // - sparse: for every stored row, its non-zero taps as scratch offsets, positive and negative apart
