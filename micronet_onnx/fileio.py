@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,12 +16,15 @@ from typing import BinaryIO
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file that replaces ``path`` only once it is completely written and synced.
 
-    The data goes to a temporary file beside ``path``, which is fsynced and renamed over it, so a
-    crash or an error mid-write leaves the previous file (or none) and never a truncated one.
+    The data goes to a temporary file beside ``path`` (``.<name>.<pid>.<random>.tmp``), which is
+    fsynced and renamed over it, so a crash or an error mid-write leaves the previous file (or none)
+    and never a truncated one. A process killed mid-write leaves its temporary file behind: the next
+    write of the same ``path`` removes it (`remove_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -34,6 +38,55 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+STALE_SECONDS = 24 * 3600  # a temporary file without a writer's pid is stale after this long
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files an interrupted `atomic_writer` of ``path`` left: those of
+    ``.<name>.<pid>.*.tmp`` whose pid no longer runs (a live writer's file is never touched), and
+    pid-less ``.<name>.*.tmp`` ones older than `STALE_SECONDS`. Only this target's own temporaries
+    match, so other files in the folder are safe. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        middle = tmp.name[len(path.name) + 2:-len(".tmp")]
+        pid_text = middle.split(".", 1)[0]
+        try:
+            if pid_text.isdigit() and "." in middle:
+                stale = int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+            else:
+                stale = time.time() - tmp.stat().st_mtime > STALE_SECONDS
+            if stale and tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters quoted (a file may be called ``run[1].pt``)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -69,7 +122,7 @@ def check_output(path: str | Path, *, inputs: tuple[str | Path | None, ...] = ()
         raise OutputError(f"{path} exists; pass {flag} to overwrite it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:

@@ -16,6 +16,8 @@ from .optimize import optimize_command
 from .plot import plot_cmd
 from .report import report_cmd
 
+MAX_PROBE_BATCH = 4096  # the parity probe is 3x32x32 float32 noise per image: 48 MiB at the bound
+
 app = typer.Typer(
     name="mnx",
     help="Train, ternarize (EC2T), export, run and score sparse ternary MicroNet CNNs.",
@@ -74,8 +76,10 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines or progress bars."),
 ) -> None:
     """Train MicroNet in full precision, optionally followed by EC2T ternarization."""
+    from micronet_onnx.data import CIFAR
+    from micronet_onnx.training.config import check_model_size
     from micronet_onnx.training.ec2t import EC2TConfig
-    from micronet_onnx.training.loop import TrainConfig, layer_table
+    from micronet_onnx.training.loop import TrainConfig, layer_table, resolve_model_config
     from micronet_onnx.training.loop import train as run_training
 
     with error_boundary():
@@ -83,8 +87,9 @@ def train(
             fail(f"--resume: no checkpoint at {output}")
         if init is not None and not init.is_file():
             fail(f"--init: no checkpoint at {init}")
-        if not resume:
-            check_output(output, inputs=(init,), force=force, flag="--resume to continue it or --force")
+        # never the --init checkpoint, never an existing file without --force/--resume, a folder
+        # that accepts the file: all before the first epoch (on --resume too)
+        check_output(output, inputs=(init,), force=force or resume, flag="--resume to continue it or --force")
         ec2t = EC2TConfig(lambda_gain=lambda_gain, centroid_init=centroid_init, lr_weights=lr_weights,
                           lr_centroids=lr_centroids, lr_other=lr_other, wn_grad=wn_grad).validate()
         cfg = TrainConfig(
@@ -94,6 +99,8 @@ def train(
             device=device, seed=seed, ternary=ternary, ternary_epochs=ternary_epochs,
             freeze_epochs=freeze_epochs, init=str(init) if init else None, ec2t=ec2t.to_dict(),
         ).validate()
+        if not resume and init is None:  # a resumed or --init run's model comes from a checked checkpoint
+            check_model_size(resolve_model_config(cfg, CIFAR[dataset].num_classes if dataset in CIFAR else 10))
         log = (lambda s: None) if quiet else (lambda s: typer.echo(s, err=True)) if json_out else typer.echo
         results = run_training(cfg, output, resume=resume, log=log, progress=False if quiet else None)
     if json_out:
@@ -212,15 +219,19 @@ def bench_ec2t(
     """Time one EC2T training step against one full-precision step (same model and batch)."""
     from micronet_onnx.model import PRESETS, preset_config
     from micronet_onnx.training.bench_step import bench_ec2t_step, render
+    from micronet_onnx.training.config import MAX_BATCH_SIZE, check_model_size
     from micronet_onnx.training.loop import resolve_device
 
     with error_boundary():
-        if batch_size <= 0 or repeats <= 0:
-            fail("--batch-size and --repeats must be positive")
+        if not 0 < batch_size <= MAX_BATCH_SIZE or not 0 < repeats <= 10_000:
+            fail(f"--batch-size must be in [1, {MAX_BATCH_SIZE}] and --repeats in [1, 10000]")
+        if device not in ("cpu", "cuda", "auto"):
+            fail(f"--device must be cpu, cuda or auto, got {device!r}")
         paper = model in ("micronet-c10", "micronet-c100")
         if classes is None:
             classes = (PRESETS.get(model) or (0, 0, None))[2] or 10
-        cfg = preset_config(model, classes, None if paper else depth, None if paper else width)
+        cfg = preset_config(model, classes, None if paper else depth, None if paper else width).validate()
+        check_model_size(cfg)
         report = bench_ec2t_step(cfg, batch_size=batch_size, repeats=repeats, device=str(resolve_device(device)))
     typer.echo(json.dumps(report, indent=2) if json_out else render(report))
 
@@ -243,11 +254,17 @@ def bench_cmd(
     """Images/s of a ternary file with our TernaryConv library against its dense float32 twin in stock
     onnxruntime (docs/runtime.md, "Kernels and performance")."""
     from micronet_onnx.bench import model_bench as bench
+    from micronet_onnx.runtime.evaluate import check_options
     from micronet_onnx.runtime.session import OpsLibraryError
 
     with error_boundary():
-        if repeats <= 0 or min(batch) <= 0 or min(threads) <= 0:
-            fail("--repeats, --batch and --threads must be positive")
+        if not 0 < repeats <= 10_000 or min(batch) <= 0 or min(threads) <= 0:
+            fail("--repeats must be in [1, 10000], --batch and --threads positive")
+        for b in batch:
+            for t in threads:
+                check_options(b, t, None)  # mnx eval's bounds: batch <= 65536, threads <= the cap
+        if out_dir.exists() and not out_dir.is_dir():
+            fail(f"--out-dir {out_dir} exists and is not a directory")
         if any(not 0.0 <= s <= 1.0 for s in sparsity):
             fail("--sparsity must be in [0, 1]")
         if kernel not in ("auto", "sparse", "dense", "portable", "direct"):
@@ -264,6 +281,7 @@ def bench_cmd(
                     reports = [bench.bench_layers(sparsities=sparsity, batch=batch[0], threads=threads[0],
                                                   repeats=repeats)]
             elif random is not None:
+                _check_bench_outputs(random, sparsity, out_dir)
                 reports = bench.bench_random(random, sparsity, out_dir, **kwargs)
             else:
                 reports = [bench.bench_model(model, **kwargs)]
@@ -282,8 +300,29 @@ app.command("report")(report_cmd)
 app.command("optimize")(optimize_command)
 
 
+def _check_bench_outputs(preset: str, sparsities: list[float], out_dir: Path) -> None:
+    """`bench --random` rewrites only its own cached models: a file at one of their paths that is not a
+    current-format model (the user's own file, an older export) is refused, never replaced."""
+    from micronet_onnx.bench.cache import is_current_format, random_model_path
+
+    for s in sparsities:
+        path = random_model_path(out_dir, preset, s, 0)
+        if path.exists():
+            if not path.is_file() or not is_current_format(path):
+                fail(f"{path} exists and is not a model `mnx bench --random` wrote; move it or choose another "
+                     "--out-dir")
+        else:
+            check_output(path)  # the folder accepts a new file, before anything is generated
+
+
 def main() -> None:
     """Entry point of `mnx`: the error boundary around the whole app, so nothing escapes as a traceback."""
+    from micronet_onnx.runtime.session import set_log_severity
+
+    from .errors import debug_enabled
+
+    if not debug_enabled():
+        set_log_severity(4)  # onnxruntime's own log lines would come on top of our one-line error
     try:
         with error_boundary():
             app()

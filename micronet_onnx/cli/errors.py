@@ -31,6 +31,11 @@ class Failure(Exception):
         self.code = code
 
 
+# torch's own RuntimeError texts for a failed allocation and a failed write (no typed exception exists)
+_ALLOCATION_FAILURES = ("can't allocate memory", "DefaultCPUAllocator", "not enough memory")
+_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed")
+
+
 def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
@@ -62,8 +67,11 @@ def classify(e: BaseException) -> tuple[int, str]:
 
     if isinstance(e, (ValueError, OSError, LookupError, OpsLibraryError)) or _foreign_input_error(e):
         return USAGE, first_line(e)
-    if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (a RuntimeError)
-        return USAGE, "out of memory: " + first_line(e)
+    if type(e).__name__ == "OutOfMemoryError" or (  # torch.OutOfMemoryError; torch's CPU allocator
+            isinstance(e, RuntimeError) and any(s in str(e) for s in _ALLOCATION_FAILURES)):
+        return USAGE, "out of memory: the input or an option asks for more than this machine has"
+    if isinstance(e, RuntimeError) and any(s in str(e) for s in _WRITE_FAILURES):  # torch.save on a full disk
+        return USAGE, f"cannot write the output: {first_line(e)} (is the disk full?)"
     return INTERNAL, f"internal error ({type(e).__name__}: {first_line(e)}); rerun with {DEBUG_ENV}=1 for the traceback"
 
 

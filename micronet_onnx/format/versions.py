@@ -17,12 +17,22 @@ Readers check a model's format version with `micronet_version` and a node's inpu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import onnx
 
 from micronet_onnx.format import spec
 
 ONNX_OPSET = 17
 IR_VERSION = 8
+PORTABLE_OPSET = 25
+"""Default-domain opset of a portable export (``mnx export --portable``): opset 25 is the first whose
+Cast reads INT2 (the 2-bit types arrived with it), which the file's codes are; everything else it
+writes (Pad, Gather, Mul, Conv, BatchNormalization, Gemm, ...) is unchanged since opset 17. Lower
+cannot describe the file; higher gains nothing and only narrows the runtimes that load it."""
+PORTABLE_IR_VERSION = 13
+"""IR version of a portable export: IR 13 is the first that defines INT2 and the one opset 25 requires."""
+MIN_READ_IR_VERSION = 3  # the first IR with opset imports; onnxruntime reads nothing older
 
 
 def check_format_version(version: object) -> int:
@@ -58,6 +68,11 @@ def onnx_opsetid() -> onnx.OperatorSetIdProto:
     return onnx.helper.make_opsetid("", ONNX_OPSET)
 
 
+def portable_opset_imports() -> list[onnx.OperatorSetIdProto]:
+    """The opset imports of a portable export: the default domain at `PORTABLE_OPSET`, nothing else."""
+    return [onnx.helper.make_opsetid("", PORTABLE_OPSET)]
+
+
 def opset_imports(*, ternary: bool, format_version: int = spec.OPSET_VERSION) -> list[onnx.OperatorSetIdProto]:
     """The opset imports of a written model (``format_version``: the ``micronet`` opset of a ternary one)."""
     version = check_format_version(format_version)
@@ -77,7 +92,28 @@ def micronet_version(model: onnx.ModelProto) -> int | None:
     if len(versions) > 1:
         raise spec.FormatError(f"the model imports {spec.DOMAIN} at several opsets {sorted(versions)}")
     if not versions:
-        if any(n.domain == spec.DOMAIN for n in model.graph.node):
+        if any(n.domain == spec.DOMAIN for n, _ in iter_nodes(model.graph)):
             raise spec.FormatError(f"the model uses domain {spec.DOMAIN!r} but does not import it")
         return None
     return check_format_version(versions.pop())
+
+
+def check_ir_version(model: onnx.ModelProto) -> int:
+    """The model's IR version if a reader can trust it: from `MIN_READ_IR_VERSION` up to the newest the
+    installed ``onnx`` knows (``onnx.IR_VERSION``); `spec.FormatError` otherwise (0 is a missing field)."""
+    ir = int(model.ir_version)
+    if not MIN_READ_IR_VERSION <= ir <= onnx.IR_VERSION:
+        raise spec.FormatError(f"IR version {ir} is outside the range this reader accepts "
+                               f"({MIN_READ_IR_VERSION}..{onnx.IR_VERSION})")
+    return ir
+
+
+def iter_nodes(graph: onnx.GraphProto) -> Iterator[tuple[onnx.NodeProto, int]]:
+    """Every node of ``graph`` and of its subgraphs (If/Loop/Scan bodies), with its nesting depth."""
+    for node in graph.node:
+        yield node, 0
+        for a in node.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for sub in subs:
+                for inner, depth in iter_nodes(sub):
+                    yield inner, depth + 1

@@ -114,20 +114,23 @@ def load_proto(model: ModelSource) -> onnx.ModelProto:
 
 
 def check_format_version(model: ModelSource) -> int | None:
-    """The ``micronet`` format version ``model`` imports (None: it imports none), after checking that
-    this package reads it and that every TernaryConv node has the inputs its version allows.
+    """The ``micronet`` format version ``model`` imports (None: it imports none), after checking its IR
+    version, that this package reads the format version, and that every TernaryConv node (subgraphs
+    included) has the inputs its version allows.
 
     onnxruntime itself cannot tell the kernel which version of a custom domain a model imports (it
-    resolves every version to the one registered schema), so the checks that need the version are
-    made here, by `format.versions` (their one owner), before onnxruntime sees the model.
+    resolves every version to the one registered schema), and it runs a file with IR version 0, so
+    the checks that need the file's header are made here, by `format.versions` (their one owner),
+    before onnxruntime sees the model.
     """
     from micronet_onnx.format import spec, versions
 
     proto = load_proto(model)
+    versions.check_ir_version(proto)
     version = versions.micronet_version(proto)
     if version is None:
         return None
-    for node in proto.graph.node:
+    for node, _ in versions.iter_nodes(proto.graph):
         if node.domain == spec.DOMAIN and node.op_type == spec.OP_TYPE:
             try:
                 versions.check_input_count(len(node.input), version)
@@ -135,6 +138,27 @@ def check_format_version(model: ModelSource) -> int | None:
                 raise spec.FormatError(f"{spec.OP_TYPE} node {node.name!r} {e} (the model imports opset {version})") \
                     from None
     return version
+
+
+def check_kernel_environment() -> None:
+    """Refuse a ``MICRONET_TERNARY_KERNEL`` / ``_ISA`` value the library does not know, in one line and
+    before a session is built (the library refuses it too, but inside onnxruntime's own log)."""
+    from micronet_onnx.runtime.kernel_report import ISA_ENV, ISAS, KERNEL_ENV, KERNELS
+
+    for name, allowed in ((KERNEL_ENV, KERNELS), (ISA_ENV, ISAS)):
+        value = os.environ.get(name)
+        if value not in (None, "") and value not in allowed:
+            raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+_log_severity: int | None = None
+
+
+def set_log_severity(level: int | None) -> None:
+    """Default ``log_severity_level`` of the sessions created from now on (None: onnxruntime's). The
+    CLI sets 4 (fatal only): it reports every failure itself, in one line."""
+    global _log_severity
+    _log_severity = level
 
 
 def needs_library(model: ModelSource) -> bool:
@@ -157,9 +181,11 @@ def create_session(
     `onnxruntime.InferenceSession` (``providers`` defaults to ``["CPUExecutionProvider"]``); any other
     keyword is set as an attribute of `onnxruntime.SessionOptions`, e.g. ``graph_optimization_level``,
     ``inter_op_num_threads``, ``execution_mode``, ``log_severity_level``, ``enable_profiling``.
-    A malformed TernaryConv node fails here with an onnxruntime error naming the node; a model that
-    imports an unsupported ``micronet`` opset version, or a version-1 model with a node that has
-    version-2 inputs, raises `FormatError`.
+    A malformed TernaryConv node fails here with an onnxruntime error naming the node; a model with
+    an IR version outside `versions.check_ir_version`'s range, one that imports an unsupported
+    ``micronet`` opset version or uses the domain without importing it, or a version-1 model with a
+    node that has version-2 inputs, raises `FormatError`; an unknown ``MICRONET_TERNARY_KERNEL`` /
+    ``_ISA`` value raises ValueError.
     """
     import onnx
     import onnxruntime as ort
@@ -167,6 +193,10 @@ def create_session(
     session_kwargs = {k: kwargs.pop(k) for k in _SESSION_KWARGS if k in kwargs}
     session_kwargs.setdefault("providers", ["CPUExecutionProvider"])
     version = check_format_version(model)
+    if library or (library is None and version is not None):
+        check_kernel_environment()
+    if _log_severity is not None:
+        kwargs.setdefault("log_severity_level", _log_severity)
     so = session_options(threads, library=(version is not None) if library is None else library, config=config,
                          **kwargs)
     if isinstance(model, onnx.ModelProto):

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from micronet_onnx.format import spec, versions
+
 __all__ = [
     "DTYPE_BITS",
     "Graph",
@@ -171,13 +173,41 @@ def _external_data_bytes(model: onnx.ModelProto, path: str) -> int:
 
 
 def check_model_header(model: onnx.ModelProto, label: str) -> None:
-    """A parsed protobuf is an ONNX model only with an IR version, a graph, opsets and nodes."""
+    """A parsed protobuf is an ONNX model only with an IR version, a graph, opsets and nodes; the
+    scorer refuses what the runtime refuses (an IR version out of range) and what it cannot count
+    (a TernaryConv inside an If/Loop/Scan body: how often a body runs is not in the file)."""
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise ScoreInputError(f"{label}: not an ONNX model (no IR version or graph)")
     if not model.opset_import:
         raise ScoreInputError(f"{label}: truncated or not an ONNX model (no opset_import)")
     if len(model.graph.node) == 0:
         raise ScoreInputError(f"{label}: the graph has no nodes")
+    try:
+        versions.check_ir_version(model)
+    except spec.FormatError as e:
+        raise ScoreInputError(f"{label}: {e}") from None
+    for node, depth in versions.iter_nodes(model.graph):
+        if depth > 0 and node.domain == spec.DOMAIN:
+            raise ScoreInputError(f"{label}: {spec.DOMAIN} node {node.name or node.op_type!r} is inside a subgraph "
+                                  "(If/Loop/Scan body), which the scorer cannot count; inline it")
+
+
+def _check_ternary_inputs(g: Graph, node: onnx.NodeProto, graph_input_names: set[str]) -> None:
+    """What the library requires of a TernaryConv's inputs, checked before counting: X (and a
+    residual) float32 where they are graph inputs, every constant input an initializer that is not
+    also a graph input (onnxruntime lets a caller override such an input, so it is not a constant)."""
+    for i, name in enumerate(node.input):
+        if not name:
+            continue
+        if i in (spec.IN_X, spec.IN_RESIDUAL):
+            vi = next((v for v in g.model.graph.input if v.name == name), None)
+            elem = vi.type.tensor_type.elem_type if vi is not None and vi.type.HasField("tensor_type") else None
+            if elem not in (None, TensorProto.FLOAT):
+                raise ScoreInputError(f"{g.label}: TernaryConv {node.name!r}: input {name!r} is "
+                                      f"{TensorProto.DataType.Name(elem)}, the op takes float32")
+        elif name in graph_input_names:
+            raise ScoreInputError(f"{g.label}: TernaryConv {node.name!r}: constant input {name!r} is also a graph "
+                                  "input (overridable at run time); it must be an initializer only")
 
 
 def constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
@@ -235,6 +265,15 @@ class Graph:
                 if t is not None:
                     t.name = node.output[0]
                     self.const_nodes[node.output[0]] = t
+        graph_input_names = {vi.name for vi in g.input}
+        ternary = [n for n in g.node if n.domain == spec.DOMAIN and n.op_type == spec.OP_TYPE]
+        for node in ternary:
+            _check_ternary_inputs(self, node, graph_input_names)
+        for vi in self.graph_inputs if ternary else ():  # the library computes in float32 only
+            elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else None
+            if elem in (TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+                raise ScoreInputError(f"{label}: graph input {vi.name!r} is {TensorProto.DataType.Name(elem)}; "
+                                      "a model with TernaryConv nodes takes float32 data")
         for name in self.graph_outputs:
             if name not in defined:
                 raise ScoreInputError(

@@ -28,6 +28,9 @@ StandardForm = tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto]]
 the graph does not define (declared as inputs of known type and shape)."""
 
 
+MAX_INPUT_ELEMENTS = 1 << 30  # an input_shape above this (e.g. a batch of 1e9 images) is refused
+
+
 def dims(t: onnx.TypeProto) -> Shape | None:
     """The dims of a tensor type, None without a shape."""
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
@@ -82,6 +85,13 @@ def input_shapes(g: Graph, opts: ScoreOptions, warnings: list[str]) -> dict[str,
                 raise ScoreInputError(
                     f"input_shape for {vi.name!r} has rank {len(shape)}, the graph says {len(declared)}"
                 )
+            for axis, (want, got) in enumerate(zip(declared or [], shape)):
+                if want is not None and want != got:
+                    raise ScoreInputError(f"input_shape for {vi.name!r} sets dim {axis} to {got}, but the graph "
+                                          f"fixes it at {want} ({_shape_str(vi.type)})")
+            if int(np.prod(shape, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+                raise ScoreInputError(f"input_shape for {vi.name!r} has {int(np.prod(shape, dtype=np.float64)):.3g} "
+                                      f"elements, above the bound of {MAX_INPUT_ELEMENTS:,}")
         elif declared is None:
             raise ScoreInputError(f"graph input {vi.name!r} has no shape: pass input_shape")
         else:

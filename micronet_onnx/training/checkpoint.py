@@ -37,7 +37,7 @@ from torch import nn
 
 from micronet_onnx.fileio import atomic_writer
 from micronet_onnx.model import MicroNet, MicroNetConfig
-from micronet_onnx.training.config import PHASES, TrainConfig
+from micronet_onnx.training.config import PHASES, TrainConfig, check_model_size
 from micronet_onnx.training.ec2t import EC2TConfig, ternarize_model
 
 FORMAT = "micronet-onnx/checkpoint"
@@ -338,7 +338,11 @@ class _Reader:
                 self.fail(f"{name}.{f.name}", f"expected {_type_name(hints[f.name])}, got {_kind(value[f.name])}")
         try:
             cfg = cls.from_dict(value)
-            return cfg.validate() if validate else cfg
+            if validate:
+                cfg.validate()
+            if cls is MicroNetConfig:  # a billion classes is refused before the model is built
+                check_model_size(cfg)
+            return cfg
         except (TypeError, ValueError) as e:
             self.fail(name, _first_line(e))
 
