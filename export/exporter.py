@@ -23,7 +23,15 @@ from micronet_onnx.export.folding import rounded_reference
 from micronet_onnx.export.graph import LayerReport, build_graph
 from micronet_onnx.fileio import atomic_writer, file_hash
 from micronet_onnx.format import spec as tf
-from micronet_onnx.format.versions import IR_VERSION, ONNX_OPSET, check_format_version, opset_imports
+from micronet_onnx.format.versions import (
+    IR_VERSION,
+    ONNX_OPSET,
+    PORTABLE_IR_VERSION,
+    PORTABLE_OPSET,
+    check_format_version,
+    opset_imports,
+    portable_opset_imports,
+)
 from micronet_onnx.model import MicroNet
 from micronet_onnx.training.ec2t import is_ternary, overall_sparsity
 
@@ -48,6 +56,7 @@ class ExportReport:
     parity: parity.ParityReport | None
     format_version: int = tf.OPSET_VERSION  # TernaryConv format (micronet opset) a ternary file is written in
     seconds: dict[str, float] = field(default_factory=dict)  # build, check, write, total
+    portable: bool = False  # standard ONNX with INT2 ternary codes (export.portable)
     metadata: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -67,7 +76,8 @@ class ExportReport:
 
     def summary(self) -> list[str]:
         """A few lines for the CLI."""
-        kind = (f"ternary, format version {self.format_version}" if self.ternary else "dense") + (
+        kind = (f"ternary, format version {self.format_version}" if self.ternary
+                else "portable, INT2 codes" if self.portable else "dense") + (
             " + fp16 dense weights" if self.fp16 else "")
         by_count = sorted(self.nodes_by_op.items(), key=lambda kv: (-kv[1], kv[0]))
         ops = ", ".join(f"{n} {op}" for op, n in by_count)
@@ -78,7 +88,7 @@ class ExportReport:
             f"  size: {_kib(self.file_bytes)} (dense float32 equivalent {_kib(self.dense_equivalent_bytes)}, "
             f"{ratio:.1f}x)",
         ]
-        if self.ternary:
+        if self.ternary or self.portable:
             lines.append(f"  ternary: {len(self.ternary_layers)} layers, sparsity "
                          f"{100 * (self.ec2t_sparsity or 0):.2f} %, dead channels: {self.dead_outputs} "
                          f"outputs not stored, {self.dropped_inputs} inputs dropped, "
@@ -136,7 +146,8 @@ def _input_hw(probe: torch.Tensor | None, input_size: tuple[int, int] | None,
     return tuple(input_size) if input_size is not None else parity.PROBE_SHAPE[2:]  # type: ignore[return-value]
 
 
-def _check_request(model: MicroNet, path: Path, *, ternary: bool, format_version: int) -> None:
+def _check_request(model: MicroNet, path: Path, *, ternary: bool, format_version: int, portable: bool = False
+                   ) -> None:
     """`ExportError` for what cannot be exported as asked, before any work."""
     try:
         check_format_version(format_version)
@@ -146,6 +157,8 @@ def _check_request(model: MicroNet, path: Path, *, ternary: bool, format_version
         raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
     if ternary and not is_ternary(model):
         raise ExportError("a ternary export needs an EC2T (ternary) model; this one is full precision")
+    if portable and (ternary or not is_ternary(model)):
+        raise ExportError("a portable export needs an EC2T (ternary) model and excludes --ternary")
     _check_writable(path)
 
 
@@ -157,15 +170,21 @@ def _stored_sparsity(layers: list[LayerReport]) -> float | None:
     return 1.0 - sum(la.nnz for la in layers) / total if total else 0.0
 
 
-def _model_proto(graph: gs.Graph, *, ternary: bool, format_version: int, meta: dict[str, str]) -> onnx.ModelProto:
-    """The model around ``graph``: the version pins of `versions`, producer, doc string and metadata
-    props, passed through the ONNX checker (a failure is an exporter bug, not a user error)."""
-    proto = gs.export_onnx(graph, opset_imports=opset_imports(ternary=ternary, format_version=format_version))
-    proto.ir_version = IR_VERSION
+def _model_proto(graph: gs.Graph, *, ternary: bool, format_version: int, meta: dict[str, str],
+                 portable: bool = False) -> onnx.ModelProto:
+    """The model around ``graph``: the version pins of `versions` (a portable file has its own pair),
+    producer, doc string and metadata props, passed through the ONNX checker (a failure is an exporter
+    bug, not a user error)."""
+    if portable:
+        imports, ir, opset, kind = portable_opset_imports(), PORTABLE_IR_VERSION, PORTABLE_OPSET, "portable, INT2"
+    else:
+        imports = opset_imports(ternary=ternary, format_version=format_version)
+        ir, opset, kind = IR_VERSION, ONNX_OPSET, "ternary, micronet::TernaryConv" if ternary else "dense"
+    proto = gs.export_onnx(graph, opset_imports=imports)
+    proto.ir_version = ir
     proto.producer_name = PRODUCER
     proto.producer_version = __version__
-    proto.doc_string = (f"MicroNet ({'ternary, micronet::TernaryConv' if ternary else 'dense'}) exported by "
-                        f"{PRODUCER} {__version__}; opset {ONNX_OPSET}, IR {IR_VERSION}")
+    proto.doc_string = f"MicroNet ({kind}) exported by {PRODUCER} {__version__}; opset {opset}, IR {ir}"
     onnx.helper.set_model_props(proto, {f"{META_PREFIX}{k}": v for k, v in meta.items()})
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -186,6 +205,7 @@ def export_model(
     source: str | None = None,
     metadata: dict[str, str] | None = None,
     format_version: int = tf.OPSET_VERSION,
+    portable: bool = False,
 ) -> ExportReport:
     """Export ``model`` (read only; evaluated in eval mode) to ``path``.
 
@@ -198,24 +218,29 @@ def export_model(
     ``format_version``: the TernaryConv format (``micronet`` opset) of a ternary file: 2 (default)
     fuses each block's bn1 and skip-connection Add into its two TernaryConv nodes, 1 writes them as
     standard nodes (for readers of version 1 only). A dense file is the same for both.
+    ``portable`` (EC2T models, not with ``ternary``): standard ONNX only, the dense layout with every
+    ternary conv's codes stored as INT2 and looked up by standard ops (`export.portable`, its own
+    opset/IR pins); checked in stock onnxruntime.
 
     Raises `ExportError` for requests that cannot be met and `ParityError` (nothing written) when
     the file does not compute the model's function within tolerance.
     """
     t0 = time.perf_counter()
     path = Path(path)
-    _check_request(model, path, ternary=ternary, format_version=format_version)
+    _check_request(model, path, ternary=ternary, format_version=format_version, portable=portable)
     model = copy.deepcopy(model).cpu().float().eval()
     channels = int(model.stem_conv.in_channels)
     hw = _input_hw(probe, input_size, channels)
 
-    built = build_graph(model, ternary=ternary, fp16=fp16, input_hw=hw, format_version=format_version)
-    dense = built if not (ternary or fp16) else build_graph(model, ternary=False, fp16=False, input_hw=hw)
+    built = build_graph(model, ternary=ternary, fp16=fp16, input_hw=hw, format_version=format_version,
+                        portable=portable)
+    dense = built if not (ternary or fp16 or portable) else build_graph(model, ternary=False, fp16=False, input_hw=hw)
     dense_equiv = 4 * dense.param_count
     sparsity = overall_sparsity(model) if is_ternary(model) else None
     stored_sparsity = _stored_sparsity(built.layers)
     meta = {
-        "format_version": str(format_version), "export_kind": "ternary" if ternary else "dense",
+        "format_version": str(format_version),
+        "export_kind": "ternary" if ternary else "portable" if portable else "dense",
         "fp16_weights": str(bool(fp16)).lower(), "source_checkpoint": source or "",
         "ec2t_sparsity": f"{sparsity:.6f}" if sparsity is not None else "",
         "stored_sparsity": f"{stored_sparsity:.6f}" if stored_sparsity is not None else "",
@@ -223,7 +248,7 @@ def export_model(
         "input": f"float32 [batch, {channels}, {hw[0]}, {hw[1]}], normalized like training",
         **(metadata or {}),
     }
-    proto = _model_proto(built.graph, ternary=ternary, format_version=format_version, meta=meta)
+    proto = _model_proto(built.graph, ternary=ternary, format_version=format_version, meta=meta, portable=portable)
     data = proto.SerializeToString()
     t_build = time.perf_counter() - t0
 
@@ -249,6 +274,7 @@ def export_model(
         stored_sparsity=stored_sparsity,
         parity=report_parity,
         format_version=format_version,
+        portable=portable,
         seconds={"build": t_build, "check": t_check, "write": total - t_build - t_check, "total": total},
         metadata=meta,
     )
@@ -264,6 +290,7 @@ def export_checkpoint(
     probe_batch: int = parity.PROBE_SHAPE[0],
     best: bool = True,
     format_version: int = tf.OPSET_VERSION,
+    portable: bool = False,
 ) -> ExportReport:
     """Load a checkpoint (`micronet_onnx.training.checkpoint.Checkpoint`) and export it; see `export_model`.
 
@@ -281,12 +308,14 @@ def export_checkpoint(
     ckpt = Checkpoint.load(checkpoint)
     if ternary and not ckpt.is_ternary:
         raise ExportError(f"--ternary needs an EC2T checkpoint; {checkpoint} is full precision")
+    if portable and not ckpt.is_ternary:
+        raise ExportError(f"--portable needs an EC2T checkpoint; {checkpoint} is full precision")
     model = ckpt.build_model(best=best)
     which = ckpt.weights_name(best)
     probe = parity.default_probe(batch=probe_batch, channels=int(model.stem_conv.in_channels))
     return export_model(
         model, path, ternary=ternary, fp16=fp16, probe=probe, check=check,
-        source=checkpoint.name, format_version=format_version,
+        source=checkpoint.name, format_version=format_version, portable=portable,
         metadata={"source_sha256": file_hash(checkpoint), "source_weights": which, **_training_metadata(ckpt)},
     )
 

@@ -30,9 +30,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from torch import nn
 
 from micronet_onnx.export import channels as ch
+from micronet_onnx.export import portable
 from micronet_onnx.export.errors import ExportError
 from micronet_onnx.export.folding import TernaryParts, bn_affine, bn_params, conv_bn, conv_geometry, to_fp16, to_fp32
 from micronet_onnx.format import spec as tf
@@ -99,8 +101,10 @@ class BuiltGraph:
 
 
 class _Builder:
-    def __init__(self, *, ternary: bool, fp16: bool, format_version: int = tf.OPSET_VERSION) -> None:
+    def __init__(self, *, ternary: bool, fp16: bool, format_version: int = tf.OPSET_VERSION,
+                 portable: bool = False) -> None:
         self.ternary = ternary
+        self.portable = portable
         self.fp16 = fp16
         self.format_version = format_version
         self.nodes: list[gs.Node] = []
@@ -183,11 +187,13 @@ class _Builder:
             return y, oshape, None, None
         parts = TernaryParts(conv, bn, name)
         self.rounded_layers.append(name)
-        if not self.ternary:
+        if not (self.ternary or self.portable):
             y, oshape = self.dense_conv(name, x, shape, conv, parts.dense_weight(), parts.bias, act)
             return y, oshape, None, None
         plan = ch.plan_channels(parts.codes, group=parts.groups, zero_inputs=zero_inputs,
                                 dead_inputs=dead_inputs)
+        if self.portable:
+            return self.portable_conv(name, x, shape, conv, parts, plan, act)
         m = plan.num_outputs
         attrs = tf.ConvAttrs(
             weight_shape=tuple(int(s) for s in plan.stored_codes.shape),
@@ -215,16 +221,37 @@ class _Builder:
         oshape = tuple(node.output_shape([None, *shape])[1:])
         y, consts = self.written_node(node, {x.name: x, **({} if residual is None else {residual.name: residual})},
                                       [BATCH_DIM, *oshape])
+        zero, dead = self.report_layer(name, parts, plan, act, consts, in_bn, residual is not None)
+        return y, oshape, zero, dead
+
+    def portable_conv(self, name: str, x: gs.Tensor, shape: tuple, conv: nn.Conv2d, parts: TernaryParts,
+                      plan: ch.ChannelPlan, act: str):
+        """A ternary conv of the portable export (`export.portable`): INT2 codes -> standard Conv."""
+        weight, consts = portable.ternary_weight(self, name, parts, plan)
+        geo = conv_geometry(conv, name)
+        oshape = _conv_out(shape, parts.codes.shape, geo)
+        bias = self.const(f"{name}.bias", to_fp32(parts.bias, f"{name}.bias"))
+        y = self.node("Conv", name, [x, weight, bias], [BATCH_DIM, *oshape],
+                      {"kernel_shape": list(parts.codes.shape[2:]), **geo})
+        if act == "Relu":
+            y = self.node("Relu", f"{name}.relu", [y], [BATCH_DIM, *oshape])
+        return y, oshape, *self.report_layer(name, parts, plan, act, [*consts, bias], None, False)
+
+    def report_layer(self, name: str, parts: TernaryParts, plan: ch.ChannelPlan, act: str,
+                     consts: list[gs.Constant], in_bn: nn.BatchNorm2d | None, residual: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Append the layer's `LayerReport`; returns its (zero outputs, dead outputs), bool [M]."""
+        m = plan.num_outputs
         dead = np.zeros(m, dtype=bool)
         dead[plan.dead_rows] = True
         const_vals = ch.activation(parts.bias.astype(np.float64), act)
         self.layers.append(LayerReport(
             name=name,
             weight_shape=list(parts.codes.shape),
-            stored_shape=list(attrs.weight_shape),
+            stored_shape=[int(s) for s in plan.stored_codes.shape],
             nnz=int((plan.stored_codes != 0).sum()),
             sparsity=float((parts.codes == 0).mean()),
-            stored_bytes=int(sum(c.values.nbytes for c in consts)),
+            stored_bytes=int(sum(_const_bytes(c) for c in consts)),
             dead_outputs=plan.dead_all_zero,
             dead_outputs_zero_inputs=plan.dead_zero_inputs,
             constant_outputs={int(o): float(const_vals[o]) for o in plan.dead_rows},
@@ -232,9 +259,9 @@ class _Builder:
             kept_constant_inputs=plan.kept_constant_inputs,
             fp16_subnormal=parts.subnormal,
             input_affine=in_bn is not None,
-            residual=residual is not None,
+            residual=residual,
         ))
-        return y, oshape, dead & (const_vals == 0.0), dead
+        return dead & (const_vals == 0.0), dead
 
     def batch_norm(self, name: str, x: gs.Tensor, shape: tuple, bn: nn.BatchNorm2d) -> gs.Variable:
         p = bn_params(bn, name)
@@ -270,6 +297,13 @@ class _Builder:
         return self.node("Add", f"{name}.add", [h, sc], [BATCH_DIM, *s2]), s2
 
 
+def _const_bytes(c: gs.Constant) -> int:
+    """Bytes of a constant's values as stored (an INT2 constant: its packed raw data)."""
+    if isinstance(c._values, LazyValues):
+        return len(c._values.tensor.raw_data)
+    return int(c.values.nbytes)
+
+
 def _conv_out(shape: tuple, wshape: tuple, geo: dict) -> tuple:
     attrs = tf.ConvAttrs(weight_shape=(int(wshape[0]), 1, int(wshape[2]), int(wshape[3])),
                          strides=tuple(geo["strides"]), pads=tuple(geo["pads"]),
@@ -278,12 +312,13 @@ def _conv_out(shape: tuple, wshape: tuple, geo: dict) -> tuple:
 
 
 def build_graph(model: MicroNet, *, ternary: bool, fp16: bool, input_hw: tuple[int, int],
-                format_version: int = tf.OPSET_VERSION) -> BuiltGraph:
+                format_version: int = tf.OPSET_VERSION, portable: bool = False) -> BuiltGraph:
     """The gs graph of an eval-mode MicroNet (model is only read).
 
     ``format_version`` (TernaryConv format, ternary exports only): 2 fuses each block's bn1 into conv1
     (``in_scale``/``in_bias``) and its skip connection into conv2 (``residual``); 1 writes them as a
-    standalone BatchNormalization and an Add."""
+    standalone BatchNormalization and an Add. ``portable`` (with ``ternary=False``): the dense layout,
+    each ternary conv's codes stored as INT2 and looked up by standard ops (`export.portable`)."""
     try:
         versions.check_format_version(format_version)
     except tf.FormatError as e:
@@ -292,7 +327,9 @@ def build_graph(model: MicroNet, *, ternary: bool, fp16: bool, input_hw: tuple[i
         raise ExportError(f"only MicroNet models can be exported, got {type(model).__name__}")
     if not isinstance(model.pool, nn.AdaptiveAvgPool2d) or model.pool.output_size not in (1, (1, 1)):
         raise ExportError("the head must pool to 1x1")
-    b = _Builder(ternary=ternary, fp16=fp16, format_version=format_version)
+    if portable and ternary:
+        raise ExportError("a portable export is standard ONNX: it cannot also be a TernaryConv export")
+    b = _Builder(ternary=ternary, fp16=fp16, format_version=format_version, portable=portable)
     c_in = int(model.stem_conv.in_channels)
     shape = (c_in, int(input_hw[0]), int(input_hw[1]))
     x_in = gs.Variable(INPUT_NAME, dtype=np.float32, shape=[BATCH_DIM, *shape])
@@ -315,6 +352,6 @@ def build_graph(model: MicroNet, *, ternary: bool, fp16: bool, input_hw: tuple[i
 
     graph = gs.Graph(nodes=b.nodes, inputs=[x_in], outputs=[logits], name="micronet")
     graph.cleanup().toposort()
-    count = sum(int(t.values.size) for t in graph.tensors().values() if isinstance(t, gs.Constant))
+    count = sum(int(np.prod(t.shape)) for t in graph.tensors().values() if isinstance(t, gs.Constant))
     return BuiltGraph(graph=graph, layers=b.layers, fp16_layers=b.fp16_layers,
                       rounded_layers=b.rounded_layers, param_count=count)

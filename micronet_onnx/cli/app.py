@@ -124,6 +124,9 @@ def export_cmd(
     ternary: bool = typer.Option(False, "--ternary", help="Write micronet::TernaryConv nodes (EC2T "
                                  "checkpoints); default: plain standard ONNX with float32 weights."),
     fp16: bool = typer.Option(False, "--fp16", help="Store the standard ops' weights as float16 (+ Cast)."),
+    portable: bool = typer.Option(False, "--portable", help="Standard ONNX only (any runtime, no library): "
+                                  "each ternary conv's codes as INT2, looked up into its centroids (EC2T "
+                                  "checkpoints; opset 25)."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check against PyTorch."),
     probe_batch: int = typer.Option(8, "--probe-batch", min=1, help="Images of noise in the parity probe."),
     format_version: int | None = typer.Option(
@@ -146,7 +149,8 @@ def export_cmd(
         check_output(output, inputs=(checkpoint,), force=force)
         try:
             report = export_checkpoint(checkpoint, output, ternary=ternary, fp16=fp16, check=not no_check,
-                                       probe_batch=probe_batch, format_version=format_version)
+                                       probe_batch=probe_batch, format_version=format_version,
+                                       portable=portable)
         except ParityError as e:
             fail(first_line(e), 1)
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_out else "\n".join(report.summary()))
