@@ -39,7 +39,7 @@ def _test_batch(ds, n=128):
 
 
 def test_library_matches_pytorch_on_trained_model(trained, digits, ops_library):
-    model, _ = checkpoint.load_model(trained["ckpt"])
+    model = checkpoint.Checkpoint.load(trained["ckpt"]).build_model()
     x, _ = _test_batch(digits)
     with torch.no_grad():
         ref = model(x).numpy()
