@@ -193,6 +193,22 @@ def _model_proto(graph: gs.Graph, *, ternary: bool, format_version: int, meta: d
     return proto
 
 
+def _metadata(model: MicroNet, *, format_version: int, kind: str, fp16: bool, source: str | None,
+              sparsity: float | None, stored_sparsity: float | None, channels: int, hw: tuple[int, int],
+              extra: dict[str, str] | None) -> dict[str, str]:
+    """The file's ``micronet.*`` metadata props (without the prefix)."""
+    return {
+        "format_version": str(format_version),
+        "export_kind": kind,
+        "fp16_weights": str(bool(fp16)).lower(), "source_checkpoint": source or "",
+        "ec2t_sparsity": f"{sparsity:.6f}" if sparsity is not None else "",
+        "stored_sparsity": f"{stored_sparsity:.6f}" if stored_sparsity is not None else "",
+        "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "input": f"float32 [batch, {channels}, {hw[0]}, {hw[1]}], normalized like training",
+        **(extra or {}),
+    }
+
+
 def export_model(
     model: MicroNet,
     path: str | Path,
@@ -237,17 +253,11 @@ def export_model(
     dense = built if not (ternary or fp16 or portable) else build_graph(model, ternary=False, fp16=False, input_hw=hw)
     dense_equiv = 4 * dense.param_count
     sparsity = overall_sparsity(model) if is_ternary(model) else None
+    kind = "ternary" if ternary else "portable" if portable else "dense"
     stored_sparsity = _stored_sparsity(built.layers)
-    meta = {
-        "format_version": str(format_version),
-        "export_kind": "ternary" if ternary else "portable" if portable else "dense",
-        "fp16_weights": str(bool(fp16)).lower(), "source_checkpoint": source or "",
-        "ec2t_sparsity": f"{sparsity:.6f}" if sparsity is not None else "",
-        "stored_sparsity": f"{stored_sparsity:.6f}" if stored_sparsity is not None else "",
-        "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
-        "input": f"float32 [batch, {channels}, {hw[0]}, {hw[1]}], normalized like training",
-        **(metadata or {}),
-    }
+    meta = _metadata(model, format_version=format_version, kind=kind, fp16=fp16, source=source,
+                     sparsity=sparsity, stored_sparsity=stored_sparsity, channels=channels, hw=hw,
+                     extra=metadata)
     proto = _model_proto(built.graph, ternary=ternary, format_version=format_version, meta=meta, portable=portable)
     data = proto.SerializeToString()
     t_build = time.perf_counter() - t0

@@ -77,8 +77,12 @@ for _name, _bits in (
 # Layout ops a weight may pass through on its way from an initializer to the op that uses it; their
 # inputs other than 0 are shape metadata.
 WEIGHT_PATH_OPS = frozenset(
-    {"Cast", "Identity", "DequantizeLinear", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+    {"Cast", "Identity", "DequantizeLinear", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
+     "Gather", "Pad", "Mul"}
 )
+"""Gather, Pad and Mul on constants are the lookup chain of a portable export (scoring/portable.py):
+a table (Gather's input 0) indexed by INT2 codes, times a per-channel scale; like DequantizeLinear,
+every input of a Mul holds values, the other ops' inputs past 0 are indices / pads (metadata)."""
 
 
 def one_line(text: object) -> str:
@@ -334,7 +338,8 @@ class Graph:
                     if sub is None:
                         ok = False
                         break
-                    if i == 0 or node.op_type == "DequantizeLinear":
+                    if i == 0 or node.op_type in ("DequantizeLinear", "Mul") or (
+                            node.op_type == "Gather" and i == 1):
                         parts.extend(sub)
                     else:
                         parts.extend((n, "meta") for n, _ in sub)
@@ -409,6 +414,17 @@ def _eval_weight_path(g: Graph, node: onnx.NodeProto) -> np.ndarray | None:
         for ax in sorted(int(v) % (x.ndim + len(axes)) for v in axes):
             out = np.expand_dims(out, ax)
         return out
+    if op == "Gather":
+        index = g.value(node.input[1])
+        return None if index is None else np.take(x, index.astype(np.int64), axis=int(a.get("axis", 0)))
+    if op == "Pad":
+        pads = [int(v) for v in g.value(node.input[1])]
+        if a.get("mode", b"constant") not in (b"constant", "constant") or len(node.input) > 2 and any(node.input[2:]):
+            return None
+        return np.pad(x, list(zip(pads[: x.ndim], pads[x.ndim:])))
+    if op == "Mul":
+        other = g.value(node.input[1])
+        return None if other is None else x * other
     if op == "DequantizeLinear":
         scale = g.value(node.input[1]).astype(np.float64)
         zp = g.value(node.input[2]).astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0

@@ -26,6 +26,7 @@ from micronet_onnx.scoring.graph import (
     tensor_bytes,
 )
 from micronet_onnx.scoring.options import REFERENCE_MODEL, ScoreOptions
+from micronet_onnx.scoring.portable import read_portable_conv
 from micronet_onnx.scoring.report import (
     LayerRecord,
     Reference,
@@ -71,6 +72,9 @@ def score_model(model_or_path: Any, options: ScoreOptions | None = None) -> Scor
     nodes = {node_key(n): _ternary(label, read_node, n, g, version) for n in model.graph.node if is_ternary(n)}
     shapes = infer_shapes(model, g, inputs, {k: standard_form(t) for k, t in nodes.items()}, warnings)
     ternary = {k: _ternary(label, facts, t, shapes) for k, t in nodes.items()}
+    # A portable export's Conv on an INT2 lookup chain: counted as the TernaryConv it stands for.
+    portable = {node_key(n): t for n in model.graph.node if (t := read_portable_conv(g, n)) is not None}
+    ternary.update({k: _ternary(label, facts, t, shapes) for k, t in portable.items()})
     layers, by_category, unknown_ops = _layer_records(model, g, shapes, ternary, opts, warnings)
     initializer_bytes = sum(tensor_bytes(t) for t in model.graph.initializer)
     constant_bytes = sum(tensor_bytes(t) for t in g.const_nodes.values())
@@ -107,7 +111,7 @@ def _layer_records(model: onnx.ModelProto, g: Graph, shapes: Shapes, ternary: di
             params_stored=stored(g, new_sources),
             initializers=[n for n, _ in new_sources],
         )
-        if is_ternary(node):
+        if is_ternary(node) or (node.op_type == "Conv" and node_key(node) in ternary):
             layer = ternary_record(layer, ternary[node_key(node)])
         elif node.op_type == "BatchNormalization" and is_standard(node):
             bn_storage(layer, node, g, ternary, shapes)
