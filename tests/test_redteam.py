@@ -470,3 +470,15 @@ def test_fuzz_mutations_of_a_real_export(work, tmp_path):
                 code, message = row[what]
                 assert code in (0, 2), (seed, row)
                 assert "\n" not in message, (seed, row)
+
+
+@pytest.mark.parametrize("preset,classes,depth,width", [
+    ("micronet-c100", 100, None, None), ("baseline", 10, None, None), ("micronet", 10, 0.15, 0.5)])
+def test_parameter_estimate_matches_the_built_model(preset, classes, depth, width):
+    """The size bound is checked on an estimate computed without building the model: it must agree."""
+    from micronet_onnx.model import MicroNet, preset_config
+    from micronet_onnx.training.config import parameter_count
+
+    cfg = preset_config(preset, classes, depth, width)
+    built = sum(p.numel() for p in MicroNet(cfg).parameters())
+    assert abs(parameter_count(cfg) - built) <= 0.01 * built
