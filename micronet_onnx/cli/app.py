@@ -11,7 +11,7 @@ import typer
 from micronet_onnx import __version__
 from micronet_onnx.fileio import check_output
 
-from .errors import error_boundary, fail, first_line
+from .errors import USAGE, error_boundary, fail, first_line, usage_error_type, usage_line
 from .optimize import optimize_command
 from .plot import plot_cmd
 from .report import report_cmd
@@ -128,7 +128,8 @@ def export_cmd(
                                   "each ternary conv's codes as INT2, looked up into its centroids (EC2T "
                                   "checkpoints; opset 25)."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check against PyTorch."),
-    probe_batch: int = typer.Option(8, "--probe-batch", min=1, help="Images of noise in the parity probe."),
+    probe_batch: int = typer.Option(8, "--probe-batch", min=1, max=MAX_PROBE_BATCH,
+                                    help="Images of noise in the parity probe."),
     format_version: int | None = typer.Option(
         None, "--format-version", help="TernaryConv format to write with --ternary: 2 (the default: bn1 and "
         "the skip connection fused into the TernaryConv nodes) or 1 (standalone BatchNormalization and Add, "
@@ -329,7 +330,13 @@ def main() -> None:
         set_log_severity(4)  # onnxruntime's own log lines would come on top of our one-line error
     try:
         with error_boundary():
-            app()
+            try:
+                code = app(standalone_mode=False)
+            except usage_error_type() as e:
+                if type(e).__name__ == "NoArgsIsHelpError":  # plain `mnx`: typer has shown the help
+                    raise typer.Exit(USAGE) from None
+                fail(usage_line(e))
+        sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as e:  # raised by the boundary itself, outside click's own handling
         sys.exit(e.exit_code)
     except BrokenPipeError:  # `mnx ... | head`

@@ -75,6 +75,20 @@ def classify(e: BaseException) -> tuple[int, str]:
     return INTERNAL, f"internal error ({type(e).__name__}: {first_line(e)}); rerun with {DEBUG_ENV}=1 for the traceback"
 
 
+def usage_error_type() -> type[Exception]:
+    """Typer's (vendored click's) UsageError: the base of every bad-option error typer raises."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def usage_line(e: Exception) -> str:
+    """A typer usage error as one line, the message first (typer's own form starts with "Usage:")."""
+    fmt = getattr(e, "format_message", None)
+    text = " ".join((fmt() if callable(fmt) else str(e)).split())
+    ctx = getattr(e, "ctx", None)
+    where = getattr(ctx, "command_path", None)
+    return f"{text} (see {where} --help)" if where else text
+
+
 def fail(message: str, code: int = USAGE) -> NoReturn:
     """One line on stderr and a non-zero exit: 2 for usage errors, 1 for failed checks."""
     typer.echo(f"mnx: error: {message}", err=True)
