@@ -114,6 +114,11 @@ def test_eval_runs_without_the_library(files):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "accuracy" in json.loads(r.stdout) or r.stdout
+    out = tmp / "cli.onnx"
+    r = subprocess.run([*cmd[:3], "export", "--portable", str(tmp / "tiny.pt"), "-o", str(out)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "portable" in r.stdout, r.stderr
+    assert out.read_bytes() == (tmp / "portable.onnx").read_bytes()  # reproducible, same as the library call
     bad = subprocess.run([*cmd[:4], str(tmp / "ternary.onnx"), *cmd[5:]], env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0  # the same bogus path does break a file that needs the library
