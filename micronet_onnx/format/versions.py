@@ -31,14 +31,9 @@ Cast reads INT2 (the 2-bit types arrived with it), which the file's codes are; e
 writes (Pad, Gather, Mul, Conv, BatchNormalization, Gemm, ...) is unchanged since opset 17. Lower
 cannot describe the file; higher gains nothing and only narrows the runtimes that load it."""
 PORTABLE_IR_VERSION = 13
-"""IR version of a portable export: IR 13 is the first that defines INT2 and the one opset 25 requires."""
-PORTABLE_OPSET = 25
-"""Default-domain opset of a portable export (``mnx export --portable``): opset 25 is the first whose
-Cast reads INT2 (the 2-bit types arrived with it), which the file's codes are; everything else it
-writes (Pad, Gather, Mul, Conv, BatchNormalization, Gemm, ...) is unchanged since opset 17. Lower
-cannot describe the file; higher gains nothing and only narrows the runtimes that load it."""
-PORTABLE_IR_VERSION = 13
-"""IR version of a portable export: IR 13 is the first that defines INT2 and the one opset 25 requires."""
+"""IR version of a portable export: the IR of onnx 1.20, the release that added INT2 and opset 25 (onnx's
+version table pairs them). The checker does not refuse IR 12 here, but a reader that goes by the IR
+number would not expect 2-bit tensors in it."""
 MIN_READ_IR_VERSION = 3  # the first IR with opset imports; onnxruntime reads nothing older
 
 
@@ -73,11 +68,6 @@ def check_input_count(num_inputs: int, version: int) -> None:
 def onnx_opsetid() -> onnx.OperatorSetIdProto:
     """The default-domain import every written model carries."""
     return onnx.helper.make_opsetid("", ONNX_OPSET)
-
-
-def portable_opset_imports() -> list[onnx.OperatorSetIdProto]:
-    """The opset imports of a portable export: the default domain at `PORTABLE_OPSET`, nothing else."""
-    return [onnx.helper.make_opsetid("", PORTABLE_OPSET)]
 
 
 def portable_opset_imports() -> list[onnx.OperatorSetIdProto]:
