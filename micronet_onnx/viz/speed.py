@@ -31,7 +31,8 @@ def speed_figure(data: Any, title: str = "") -> Any:
     if "kernels" in reports[0]:
         return _layers_figure(plt, reports[0], title)
     panels = [(r, t) for r in reports for t in sorted({row["threads"] for row in r["rows"]})]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1, 4.2), squeeze=False,
+                             layout="constrained")  # the suptitle clear of the panel titles
     for ax, (report, threads) in zip(axes[0], panels):
         rows = [row for row in report["rows"] if row["threads"] == threads]
         batches = sorted({row["batch"] for row in rows})
