@@ -82,7 +82,7 @@ def test_auto_reports_sparse_and_dense_nodes(ops_library):
     assert 0.05 < sparse.density < 0.15 and sparse.nnz == round(sparse.density * 32 * 32 * 9)
     (dense,) = node_kernels(_model(stride=2, sparsity=0.0))
     assert (dense.kernel, dense.isa, dense.forced) == ("dense", BEST_ISA, False)
-    assert dense.density == 1.0 and dense.effective < 0.75 and dense.complement_rows > 0
+    assert dense.density == 1.0 and dense.effective == 1.0 and dense.complement_rows == 0
     assert dense.dense_threshold == pytest.approx(0.4)
 
 
