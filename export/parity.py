@@ -101,13 +101,11 @@ def run_file(data: bytes, x: np.ndarray, *, ternary: bool) -> np.ndarray:
 
         (y,) = reference_evaluator(onnx.load_from_string(data)).run(None, {"input": x})
         return np.asarray(y)
-    import onnxruntime as ort
+    from micronet_onnx.runtime.session import create_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = min(4, os.cpu_count() or 1)  # a few small batches: no need for every core
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    # a few small batches: no need for every core, nor for spinning pool threads
+    sess = create_session(data, threads=min(4, os.cpu_count() or 1), library=False, log_severity_level=3,
+                          config={"session.intra_op.allow_spinning": "0"})
     return np.asarray(sess.run(None, {"input": x})[0])
 
 

@@ -83,13 +83,11 @@ def _serialized(model: onnx.ModelProto | bytes) -> bytes:
 
 
 def ort_session(model: onnx.ModelProto | bytes, threads: int):
-    """Stock onnxruntime on the CPU at ``ORT_ENABLE_ALL`` with ``threads`` intra-op threads (the dense side)."""
-    import onnxruntime as ort
+    """Stock onnxruntime on the CPU at ``ORT_ENABLE_ALL`` with ``threads`` intra-op threads (the dense
+    side): the one session factory with our library never registered."""
+    from micronet_onnx.runtime.session import create_session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(_serialized(model), so, providers=["CPUExecutionProvider"])
+    return create_session(_serialized(model), threads=int(threads), library=False)
 
 
 def ternary_session(model: onnx.ModelProto | bytes, threads: int, kernel: str | None = None):

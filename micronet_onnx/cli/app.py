@@ -258,9 +258,12 @@ def bench_cmd(
 ) -> None:
     """Images/s of a ternary file with our TernaryConv library against its dense float32 twin in stock
     onnxruntime (docs/runtime.md, "Kernels and performance")."""
-    from micronet_onnx.bench import model_bench as bench
+    from micronet_onnx import bench
     from micronet_onnx.runtime.evaluate import check_options
     from micronet_onnx.runtime.session import OpsLibraryError
+
+    from .bench_view import render as render_model
+    from .bench_view import render_layers
 
     with error_boundary():
         if not 0 < repeats <= 10_000 or min(batch) <= 0 or min(threads) <= 0:
@@ -295,7 +298,7 @@ def bench_cmd(
     if json_out:
         typer.echo(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return
-    render = bench.render_layers if layers else bench.render
+    render = render_layers if layers else render_model
     typer.echo("\n\n".join((f"sparsity {r['sparsity'] * 100:.0f}%\n" if "sparsity" in r else "") + render(r)
                             for r in reports))
 
