@@ -54,3 +54,14 @@ def test_bits_are_unpacked_in_one_place():
     home = ROOT / "micronet_onnx" / "format" / "spec.py"
     offenders = [_rel(p) for p in PY_SOURCES if p != home and "unpackbits" in p.read_text()]
     assert not offenders, f"bit unpacking outside {_rel(home)}: {offenders}"
+
+
+def test_every_subpackage_is_packaged():
+    """A subpackage missing from pyproject.toml's list works in the editable checkout but is absent
+    from a built wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"micronet_onnx." + p.parent.name for p in ROOT.glob("micronet_onnx/*/__init__.py")}
+    found |= {"micronet_onnx", "micronet_onnx.export"}
+    assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"
