@@ -21,26 +21,13 @@ import pytest
 
 from micronet_onnx.format import spec as tf
 from micronet_onnx.runtime.session import create_session
+from tests.helpers.cpu import ISAS
 from tests.helpers.nodes import assert_close, random_node
 
 KERNEL_ENV = "MICRONET_TERNARY_KERNEL"
 ISA_ENV = "MICRONET_TERNARY_ISA"
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_FLAGS = _cpu_flags()
-ISAS = ["portable"] + (["avx2"] if {"avx2", "fma"} <= _FLAGS else []) + (
-    ["avx512"] if {"avx512f", "avx512vl", "avx512bw", "avx512dq", "fma"} <= _FLAGS else [])
 # every engine on every instruction set this CPU has (direct is scalar: one run)
 PATHS = [(k, isa) for k in ("sparse", "dense") for isa in ISAS] + [("direct", "auto")]
 

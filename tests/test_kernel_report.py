@@ -27,23 +27,8 @@ from micronet_onnx.runtime.kernel_report import (
     read_report,
 )
 from micronet_onnx.runtime.session import create_session
+from tests.helpers.cpu import BEST_ISA
 from tests.helpers.nodes import random_node
-
-
-def _flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_FLAGS = _flags()
-BEST_ISA = ("avx512" if {"avx512f", "avx512vl", "avx512bw", "avx512dq", "fma"} <= _FLAGS
-            else "avx2" if {"avx2", "fma"} <= _FLAGS else "portable")
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from micronet_onnx.runtime.session import create_session
+from tests.helpers.cpu import HAS_AVX2, HAS_AVX512
 from tests.helpers.nodes import assert_close, random_node
 
 KERNEL_ENV = "MICRONET_TERNARY_KERNEL"
@@ -24,20 +25,6 @@ ISA_ENV = "MICRONET_TERNARY_ISA"
 LOG_ENV = "MICRONET_TERNARY_LOG"
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_FLAGS = _cpu_flags()
-HAS_AVX2 = {"avx2", "fma"} <= _FLAGS
-HAS_AVX512 = {"avx512f", "avx512vl", "avx512bw", "avx512dq", "fma"} <= _FLAGS
 
 # (kernel, isa) paths; an ISA the CPU lacks is skipped (the portable one runs everywhere)
 PATHS = [
