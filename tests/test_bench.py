@@ -148,7 +148,7 @@ def test_make_random_ternary_model(ops_library, tmp_path):
         bench.make_random_ternary_model("micronet", 1.5, tmp_path / "bad.onnx")
 
 
-MODEL_KEYS = {"model", "machine", "repeats", "kernel", "rows", "max_abs_diff", "max_abs_logit"}
+MODEL_KEYS = {"model", "machine", "repeats", "kernel", "rows", "max_abs_diff", "max_abs_logit", "optimize_fusions"}
 ROW_KEYS = {"batch", "threads", "runtime", "ms_per_batch", "images_per_s", "speedup_vs_dense", "samples"}
 
 

@@ -15,6 +15,7 @@ from micronet_onnx.bench.cache import cached_random_model
 from micronet_onnx.bench.harness import KERNEL_ENV, interleaved_times, ort_session, ternary_session
 from micronet_onnx.bench.machine import machine_info
 from micronet_onnx.bench.twin import dense_twin
+from micronet_onnx.optimize import would_optimize
 
 
 def _model_input(model: onnx.ModelProto) -> tuple[str, list[int]]:
@@ -54,7 +55,8 @@ def bench_model(path: str | os.PathLike[str], *, batches: Sequence[int] = (1, 64
     For each batch size and thread count the contestants run interleaved for ``repeats`` rounds
     (one measurement of each per round, a few runs long); the result reports medians.
 
-    Returns ``{"model", "machine", "repeats", "kernel", "rows": [...], "max_abs_diff", "max_abs_logit"}``
+    Returns ``{"model", "machine", "repeats", "kernel", "rows": [...], "max_abs_diff", "max_abs_logit",
+    "optimize_fusions"}`` (the last: fusions `mnx optimize` would make in the file)
     where each
     row has ``batch``, ``threads``, ``runtime`` (``"ternary"``, ``"dense"`` or ``"torch"``),
     ``ms_per_batch``, ``images_per_s`` (medians), ``samples`` (seconds per batch of every round) and
@@ -113,7 +115,7 @@ def bench_model(path: str | os.PathLike[str], *, batches: Sequence[int] = (1, 64
         torch.set_num_threads(saved_threads)
     return {"model": os.fspath(path), "machine": machine, "repeats": repeats,
             "kernel": kernel or os.environ.get(KERNEL_ENV, "auto"), "rows": rows, "max_abs_diff": max_diff,
-            "max_abs_logit": max_logit}
+            "max_abs_logit": max_logit, "optimize_fusions": would_optimize(model)}
 
 
 

@@ -47,6 +47,9 @@ def render(report: dict) -> str:
         lines.append(line)
     lines.append(f"max |ternary - dense| logit difference: {report['max_abs_diff']:.3g} "
                  f"(largest |logit| {report['max_abs_logit']:.3g})")
+    if report.get("optimize_fusions"):
+        lines.append(f"note: `mnx optimize` would make {report['optimize_fusions']} fusion(s) in this file "
+                     "(docs/optimize.md); the optimized file may run faster")
     return "\n".join(lines)
 
 
