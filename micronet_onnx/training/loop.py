@@ -92,8 +92,9 @@ class Progress:
         from rich.progress import Progress as Bars
 
         self._sparsity = ""
-        self._bars = Bars(TextColumn("{task.description:<14}"), BarColumn(bar_width=30), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        # markup off: the labels are "[fp] epochs", "[ec2t 3/20]", which rich would read as style tags
+        self._bars = Bars(TextColumn("{task.description:<14}", markup=False), BarColumn(bar_width=30),
+                          MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                           TextColumn("{task.fields[info]}"), console=Console(stderr=True))
         with self._bars:
             self._phase_task = self._bars.add_task(f"[{phase}] epochs", total=n_epochs, completed=done, info="")
