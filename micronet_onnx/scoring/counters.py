@@ -175,24 +175,24 @@ def _ternary_conv(ctx: CountContext) -> None:
         ops.add_bitweighted("ternary_add", positions * n_adds, positions * bit_sum)
     else:
         ops.add("ternary_add", positions * n_adds, opts.add_bits)
-    if t.has_scale and not opts.merge_scale:
+    if (t.node.scale is not None) and not opts.merge_scale:
         ops.mult("scale_mult", positions * m_eff, opts.mult_bits)
-    if t.has_bias:
+    if (t.node.bias is not None):
         ops.add("bias_add", positions * m_eff, opts.add_bits)
     # With a residual, a dead output channel is act(bias + residual), no longer a constant: the add and
     # the activation run on every output element.
-    if t.has_residual:
-        ops.add("residual_add", positions * t.m_out, opts.add_bits)
-    if t.activation == "Relu":
-        ops.mult("activation", positions * (t.m_out if t.has_residual else m_eff), opts.mult_bits)
-    if t.has_in_scale or t.has_in_bias:
+    if bool(t.node.residual):
+        ops.add("residual_add", positions * t.node.m_out, opts.add_bits)
+    if t.node.attrs.activation == "Relu":
+        ops.mult("activation", positions * (t.node.m_out if bool(t.node.residual) else m_eff), opts.mult_bits)
+    if (t.node.in_scale is not None) or (t.node.in_bias is not None):
         if t.x_shape is None:
             ctx.layer.shape_unknown = True
             return
         normalised = t.x_shape[0] * t.n_eff * t.x_shape[2] * t.x_shape[3]  # the read channels of X
-        if t.has_in_scale:
+        if (t.node.in_scale is not None):
             ops.mult("bn_mult", normalised, opts.mult_bits)
-        if t.has_in_bias:
+        if (t.node.in_bias is not None):
             ops.add("bn_add", normalised, opts.add_bits)
 
 

@@ -113,20 +113,21 @@ def ternary_record(base: LayerRecord, t: TernaryFacts) -> TernaryLayerRecord:
     loc = eff / 32  # location mask over the effective weights (Appendix B)
     sgn = nnz / 32  # sign mask: sigma * N K^2 M / 32 = nnz / 32
     centroids = 1.0  # two fp16 centroids
-    bn = m_eff / 2 if (t.has_bias or t.has_scale) else 0.0  # folded BN: 16-bit bias per channel
-    in_affine = t.has_in_scale or t.has_in_bias
+    folded_bn = t.node.bias is not None or t.node.scale is not None
+    bn = m_eff / 2 if folded_bn else 0.0  # folded BN: 16-bit bias per channel
+    in_affine = (t.node.in_scale is not None) or (t.node.in_bias is not None)
     # The BN before the conv (in_scale / in_bias): Appendix B's BN rule, a 16-bit bias per effective
     # input channel with the scale merged, as for a standalone BatchNormalization.
     in_bn = t.n_eff / 2 if in_affine else 0.0
-    folded_bias = t.m_out if (t.has_bias or t.has_scale) else 0
-    in_bn_dense = 4 * t.n_stored if in_affine else 0  # the dense export's BatchNormalization: 4 vectors
+    folded_bias = t.node.m_out if folded_bn else 0
+    in_bn_dense = 4 * t.node.n_stored if in_affine else 0  # the dense export's BatchNormalization: 4 vectors
     return TernaryLayerRecord(
         name=base.name,
         op_type=base.op_type,
         domain=base.domain,
         output_shape=base.output_shape,
         in_channels=[t.n_eff, t.c_in],
-        out_channels=[m_eff, t.m_out],
+        out_channels=[m_eff, t.node.m_out],
         kernel=list(t.kernel),
         sparsity=1 - nnz / eff if eff else 1.0,
         params_paper=loc + sgn + centroids + bn + in_bn,
@@ -138,12 +139,12 @@ def ternary_record(base: LayerRecord, t: TernaryFacts) -> TernaryLayerRecord:
             "in_bn_bias": in_bn,
         },
         params_stored=base.params_stored,
-        dense_fp32_params=float(t.m_out * (t.c_in // t.group) * t.k2 + folded_bias + in_bn_dense),
+        dense_fp32_params=float(t.node.m_out * (t.c_in // t.group) * t.k2 + folded_bias + in_bn_dense),
         weight_format_params=loc + sgn + centroids,
         best_alternative=cheapest_format(eff, nnz, m_eff, t.two_valued),
         initializers=base.initializers,
         nnz=nnz,
-        stored_channels=[t.n_stored, t.m_stored],
+        stored_channels=[t.node.n_stored, t.node.m_stored],
         group=t.group,
         weights_effective=eff,
         weights_stored=t.numel,

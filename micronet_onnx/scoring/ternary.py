@@ -87,18 +87,6 @@ class TernaryFacts:
     two_valued: bool  # the non-zeros take at most two values
 
     @property
-    def m_stored(self) -> int:
-        return self.node.m_stored
-
-    @property
-    def m_out(self) -> int:
-        return self.node.m_out
-
-    @property
-    def n_stored(self) -> int:
-        return self.node.n_stored
-
-    @property
     def group(self) -> int:
         return self.node.attrs.group
 
@@ -117,26 +105,6 @@ class TernaryFacts:
     @property
     def nnz(self) -> int:
         return int(self.nnz_rows.sum())
-
-    @property
-    def activation(self) -> str:
-        return self.node.attrs.activation
-
-    @property
-    def has_scale(self) -> bool:
-        return self.node.scale is not None
-
-    @property
-    def has_bias(self) -> bool:
-        return self.node.bias is not None
-
-    @property
-    def has_in_scale(self) -> bool:
-        return self.node.in_scale is not None
-
-    @property
-    def has_in_bias(self) -> bool:
-        return self.node.in_bias is not None
 
     @property
     def has_residual(self) -> bool:
