@@ -83,7 +83,8 @@ def test_to_onnx_from_onnx_round_trip(i, version):
     assert is_ternary_conv(proto) and proto.name == "tc" and list(proto.output) == ["Y"]
     assert all(t.name.startswith("tc.") for t in inits)
     assert proto.input[-1] != "" and len(proto.input) <= versions.max_inputs(version)
-    assert [a.name for a in proto.attribute] == list(node.attrs.to_onnx())
+    assert [a.name for a in proto.attribute] == list(node.attrs.to_onnx()) + (
+        [tf.ATTR_ENCODING] if version >= tf.ENCODING_VERSION else [])
     constants = {t.name: numpy_helper.to_array(t) for t in inits}
     back = TernaryConvNode.from_onnx(proto, constants, version, x_channels=_x_channels(node))
     _same(node, back)
@@ -111,8 +112,8 @@ def test_dense_weight_is_the_decoded_codes():
 # -- validation --------------------------------------------------------------------------------
 
 
-def _proto(i: int = 4):
-    node, _ = _node(i)
+def _proto(i: int = 4, version: int = 2):
+    node, _ = _node(i, version=version)
     proto, inits = node.to_onnx()
     return node, proto, {t.name: numpy_helper.to_array(t) for t in inits}
 
@@ -195,8 +196,8 @@ def test_from_onnx_errors_for_the_node_kind_version_and_channels():
     node, proto, consts = _proto(5)  # in_scale, in_bias, residual: version 2 only
     with pytest.raises(tf.FormatError, match="opset 1 nodes have at least 4 and at most 8"):
         TernaryConvNode.from_onnx(proto, consts, 1)
-    with pytest.raises(tf.FormatError, match="micronet opset 3 is not a supported format version"):
-        TernaryConvNode.from_onnx(proto, consts, 3)
+    with pytest.raises(tf.FormatError, match="micronet opset 4 is not a supported format version"):
+        TernaryConvNode.from_onnx(proto, consts, 4)
     with pytest.raises(tf.FormatError, match="X has 5 channels, the weight reads 3"):
         TernaryConvNode.from_onnx(proto, consts, 2, x_channels=5)
     consts["tc.in_scale"] = consts["tc.in_scale"].astype(np.float16)
@@ -311,8 +312,8 @@ def test_micronet_version():
     dense = _model(*node.lower(), node, None, ternary=False)
     assert versions.micronet_version(dense) is None
     bad = _model([proto], inits, node, None, ternary=True)
-    bad.opset_import[1].version = 3
-    with pytest.raises(tf.FormatError, match="micronet opset 3"):
+    bad.opset_import[1].version = 4
+    with pytest.raises(tf.FormatError, match="micronet opset 4"):
         versions.micronet_version(bad)
     del bad.opset_import[1]
     with pytest.raises(tf.FormatError, match="does not import it"):
@@ -324,8 +325,8 @@ def test_micronet_version():
 
 def test_format_version_and_input_count_checks():
     assert versions.check_format_version(1) == 1
-    for bad in (0, 3, True, "2", 2.0):
-        with pytest.raises(tf.FormatError, match="format version must be one of 1, 2"):
+    for bad in (0, 4, True, "2", 2.0):
+        with pytest.raises(tf.FormatError, match="format version must be one of 1, 2, 3"):
             versions.check_format_version(bad)
     assert versions.max_inputs(1) == tf.MAX_INPUTS_V1 and versions.max_inputs(2) == tf.MAX_INPUTS
     versions.check_input_count(8, 1)

@@ -4,20 +4,23 @@ In the spirit of QONNX's CustomOp, `TernaryConvNode` is the single Python owner 
 semantics (docs/ternary-conv.md): the exporter writes through `TernaryConvNode.to_onnx`, readers
 (scorer, reference op, dense twin) go through `TernaryConvNode.from_onnx`, and every rule a reader
 must check is in `TernaryConvNode.validate` (constants), `check_x` and `check_residual_shape` (run-time
-shapes). The bit layout itself stays in `spec` (`pack_ternary`, `unpack_codes`); the version rules in
-`versions`; the standard-ONNX form in `lower`.
+shapes). The assignment's encodings (format version 3's ``encoding``: masks, rows, entropy) are
+`micronet_onnx.format.encodings`, through which `from_tensors` decodes and `constant_inputs` encodes;
+the mask bit layout stays in `spec` (`pack_ternary`, `unpack_codes`); the version rules in `versions`;
+the standard-ONNX form in `lower`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from micronet_onnx.format import spec, versions
+from micronet_onnx.format import encodings, spec, versions
 
 # Attribute name -> the AttributeProto type a node must give it (docs/ternary-conv.md, "Attributes").
 ATTR_TYPES = {
@@ -28,6 +31,7 @@ ATTR_TYPES = {
     spec.ATTR_GROUP: onnx.AttributeProto.INT,
     spec.ATTR_OUT_CHANNELS: onnx.AttributeProto.INT,
     spec.ATTR_ACTIVATION: onnx.AttributeProto.STRING,
+    spec.ATTR_ENCODING: onnx.AttributeProto.INT,  # since opset 3
 }
 CONSTANT_INPUTS = range(spec.IN_MASK, spec.IN_RESIDUAL)  # inputs 1..9 must be initializers
 V2_INPUTS = (spec.IN_IN_SCALE, spec.IN_IN_BIAS, spec.IN_RESIDUAL)
@@ -47,7 +51,27 @@ def decode_codes(codes: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 def read_attributes(node: onnx.NodeProto) -> spec.ConvAttrs:
     """The node's attributes with their exact AttributeProto types checked, defaults applied, ranges
-    validated. Attributes the format does not define are ignored."""
+    validated. Attributes the format does not define are ignored (``encoding``: `read_encoding`)."""
+    values = _attribute_values(node)
+    values.pop(spec.ATTR_ENCODING, None)
+    return spec.ConvAttrs.from_onnx(values)
+
+
+def read_encoding(node: onnx.NodeProto, version: int) -> str:
+    """The name of the node's assignment encoding: its ``encoding`` attribute (format version 3; absent
+    = masks); a version-1 or 2 node may not have one (a reader that cannot see the version, the C++
+    library, would decode by it)."""
+    value = _attribute_values(node).get(spec.ATTR_ENCODING)
+    if value is None:
+        return spec.ENCODINGS[spec.ENCODING_MASKS]
+    if version < spec.ENCODING_VERSION:
+        raise spec.FormatError(f"attribute {spec.ATTR_ENCODING} came with {spec.DOMAIN} opset "
+                               f"{spec.ENCODING_VERSION}; this node is opset {version}")
+    return encodings.name_of(int(value))
+
+
+def _attribute_values(node: onnx.NodeProto) -> dict:
+    """The format's attributes of ``node`` as name -> python value, their types checked."""
     values: dict = {}
     for a in node.attribute:
         want = ATTR_TYPES.get(a.name)
@@ -59,7 +83,7 @@ def read_attributes(node: onnx.NodeProto) -> spec.ConvAttrs:
             raise spec.FormatError(f"attribute {a.name} must be of type {onnx.AttributeProto.AttributeType.Name(want)},"
                                    f" got {onnx.AttributeProto.AttributeType.Name(a.type)}")
         values[a.name] = helper.get_attribute_value(a)
-    return spec.ConvAttrs.from_onnx(values)
+    return values
 
 
 def _array(v: np.ndarray | None) -> np.ndarray | None:
@@ -73,8 +97,9 @@ class TernaryConvNode:
     ``codes`` int8 ``weight_shape`` in {-1, 0, +1}; ``centroids`` float16 [2]; ``scale``/``bias``
     float16 [M_out]; ``in_channels`` int32 [N_stored]; ``out_channels`` int32 [M_stored];
     ``in_scale``/``in_bias`` float32 [N_stored]; each None when absent. ``residual`` is the name of
-    the run-time input 10 (None when absent). Build with `from_onnx` or `from_tensors` (both
-    validate), or directly and call `validate`.
+    the run-time input 10 (None when absent). ``encoding`` (one of `spec.ENCODINGS`) is how inputs 1
+    and 2 store ``codes``: ``masks`` in every version, ``rows`` and ``entropy`` from version 3 on.
+    Build with `from_onnx` or `from_tensors` (both validate), or directly and call `validate`.
     """
 
     name: str
@@ -91,6 +116,9 @@ class TernaryConvNode:
     in_bias: np.ndarray | None = None
     residual: str | None = None
     version: int = spec.OPSET_VERSION
+    encoding: str = "masks"
+    # (encoding, digest of codes, inputs 1 and 2): the last encode, so a node is encoded once
+    _encoded: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- reading -------------------------------------------------------------------------
     @classmethod
@@ -116,27 +144,36 @@ class TernaryConvNode:
                 raise spec.FormatError(f"input {idx} ({spec.INPUT_NAMES[idx]}) must be an initializer")
             else:
                 arrays[idx] = np.asarray(constants[name])
+        encoding = read_encoding(node, version)
+        masks = encoding == spec.ENCODINGS[spec.ENCODING_MASKS]
         for idx in (spec.IN_MASK, spec.IN_SIGN, spec.IN_CENTROIDS):
-            if arrays[idx] is None:
-                raise spec.FormatError(f"input {idx} ({spec.INPUT_NAMES[idx]}) is required")
+            what = spec.INPUT_NAMES[idx] if masks or idx != spec.IN_MASK else spec.STREAM_NAME
+            if arrays[idx] is None and (masks or idx != spec.IN_SIGN):
+                raise spec.FormatError(f"input {idx} ({what}) is required")
         return cls.from_tensors(
             read_attributes(node), *(arrays[i] for i in CONSTANT_INPUTS), name=node.name, x=names[spec.IN_X],
             output=node.output[0], residual=names[spec.IN_RESIDUAL] or None, version=version,
-            x_channels=x_channels)
+            x_channels=x_channels, encoding=encoding)
 
     @classmethod
-    def from_tensors(cls, attrs: spec.ConvAttrs, mask: np.ndarray, sign: np.ndarray, centroids: np.ndarray,
+    def from_tensors(cls, attrs: spec.ConvAttrs, mask: np.ndarray, sign: np.ndarray | None, centroids: np.ndarray,
                      scale: np.ndarray | None = None, bias: np.ndarray | None = None,
                      in_channels: np.ndarray | None = None, out_channels: np.ndarray | None = None,
                      in_scale: np.ndarray | None = None, in_bias: np.ndarray | None = None, *,
                      name: str = "", x: str = "X", output: str = "Y", residual: str | None = None,
-                     version: int = spec.OPSET_VERSION, x_channels: int | None = None) -> TernaryConvNode:
-        """A node from its stored constant inputs (inputs 1..9 in order), decoded and validated."""
-        codes = spec.unpack_codes(mask, sign, attrs.weight_shape)
-        return cls(name=name, x=x, output=output, attrs=attrs, codes=codes, centroids=np.asarray(centroids),
+                     version: int = spec.OPSET_VERSION, x_channels: int | None = None,
+                     encoding: str = "masks") -> TernaryConvNode:
+        """A node from its stored constant inputs (inputs 1..9 in order; with encoding rows or entropy
+        ``mask`` is the stream and ``sign`` None), decoded and validated."""
+        if encodings.check_name(encoding) != "masks" and version < spec.ENCODING_VERSION:
+            raise spec.FormatError(f"encoding {encoding} came with {spec.DOMAIN} opset {spec.ENCODING_VERSION}")
+        codes = encodings.decode(encoding, mask, sign, attrs.weight_shape)
+        node = cls(name=name, x=x, output=output, attrs=attrs, codes=codes, centroids=np.asarray(centroids),
                    scale=_array(scale), bias=_array(bias), in_channels=_array(in_channels),
                    out_channels=_array(out_channels), in_scale=_array(in_scale), in_bias=_array(in_bias),
-                   residual=residual, version=version).validate(x_channels)
+                   residual=residual, version=version, encoding=encoding).validate(x_channels)
+        node._encoded = (encoding, _digest(codes), (np.asarray(mask), None if sign is None else np.asarray(sign)))
+        return node
 
     # -- the rules -----------------------------------------------------------------------
     @property
@@ -155,6 +192,10 @@ class TernaryConvNode:
         """Every constant-input rule of docs/ternary-conv.md, "Validation a reader must do", in one
         place; ``x_channels`` (X's channel count when known) adds the in_channels bound. Returns self."""
         versions.check_format_version(self.version)
+        encodings.check_name(self.encoding)
+        if self.encoding != "masks" and self.version < spec.ENCODING_VERSION:
+            raise spec.FormatError(f"encoding {self.encoding} came with {spec.DOMAIN} opset {spec.ENCODING_VERSION};"
+                                   f" this node is opset {self.version}")
         a = self.attrs.validate()
         codes = np.asarray(self.codes)
         if codes.dtype != np.int8 or codes.shape != a.weight_shape:
@@ -248,11 +289,35 @@ class TernaryConvNode:
         p = spec.pack_ternary(self.codes, 0.0, 0.0)
         return spec.PackedTernary(p.mask, p.sign, np.asarray(self.centroids), p.shape)
 
+    def encoded(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Inputs 1 and 2 (None: absent) holding the codes in this node's ``encoding``; encoded once
+        (and as read, for a node read from a file) while the codes and the encoding stay the same."""
+        digest = _digest(np.asarray(self.codes))
+        if self._encoded is None or self._encoded[:2] != (self.encoding, digest):
+            self._encoded = (self.encoding, digest, encodings.encode(self.encoding, self.codes))
+        return self._encoded[2]
+
+    def choose_encoding(self, request: str) -> TernaryConvNode:
+        """Set ``encoding`` to ``request``, or with ``"auto"`` to the one whose inputs 1 and 2 take the
+        fewest bytes (masks only before format version 3). Returns self."""
+        if request == encodings.AUTO:
+            allowed = spec.ENCODINGS if self.version >= spec.ENCODING_VERSION else ("masks",)
+            name, arrays = encodings.cheapest(self.codes, allowed)
+            self.encoding = name
+            self._encoded = (name, _digest(np.asarray(self.codes)), arrays)
+        else:
+            self.encoding = encodings.check_name(request)
+        return self
+
+    def stored_assignment_bytes(self) -> int:
+        """Bytes of inputs 1 and 2 (the assignment as stored)."""
+        return encodings.stored_bytes(self.encoded())
+
     def constant_inputs(self) -> list[np.ndarray | None]:
         """Inputs 1..9 as stored (None where absent)."""
-        p = self.packed()
-        return [p.mask, p.sign, p.centroids, self.scale, self.bias, self.in_channels, self.out_channels,
-                self.in_scale, self.in_bias]
+        first, second = self.encoded()
+        return [first, second, np.asarray(self.centroids), self.scale, self.bias, self.in_channels,
+                self.out_channels, self.in_scale, self.in_bias]
 
     # -- writing -------------------------------------------------------------------------
     def to_onnx(self) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
@@ -266,7 +331,8 @@ class TernaryConvNode:
             if arr is None:
                 names.append("")
                 continue
-            name = f"{self.name}.{spec.INPUT_NAMES[idx]}"
+            what = spec.STREAM_NAME if idx == spec.IN_STREAM and self.encoding != "masks" else spec.INPUT_NAMES[idx]
+            name = f"{self.name}.{what}"
             names.append(name)
             inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
         names.append(self.residual or "")
@@ -274,6 +340,8 @@ class TernaryConvNode:
             names.pop()
         node = helper.make_node(spec.OP_TYPE, names, [self.output], name=self.name, domain=spec.DOMAIN)
         node.attribute.extend(helper.make_attribute(k, v) for k, v in self.attrs.to_onnx().items())
+        if self.version >= spec.ENCODING_VERSION:
+            node.attribute.append(helper.make_attribute(spec.ATTR_ENCODING, encodings.value_of(self.encoding)))
         return node, inits
 
     def lower(self, x_channels: int | None = None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
@@ -281,6 +349,12 @@ class TernaryConvNode:
         from micronet_onnx.format.lower import lower_node
 
         return lower_node(self, x_channels)
+
+
+def _digest(codes: np.ndarray) -> bytes:
+    h = hashlib.blake2b(str(codes.shape).encode(), digest_size=16)
+    h.update(np.ascontiguousarray(codes).tobytes())
+    return h.digest()
 
 
 def _check_channel_map(v: np.ndarray, length: int, bound: int | None, name: str) -> None:

@@ -6,7 +6,9 @@ The node built from them (reading, validation, the decode, output size, writing,
 The normative description is `docs/ternary-conv.md`; keep the two in step, and when the layout
 changes bump `OPSET_VERSION` and keep reading the old one.
 
-Layout of one node (domain ``micronet``, opset 2, op ``TernaryConv``; opset 1 is inputs 0..7):
+Layout of one node (domain ``micronet``, opset 3, op ``TernaryConv``; opset 1 is inputs 0..7; opset 3
+adds the ``encoding`` attribute: with ``rows`` or ``entropy`` input 1 is one uint8 ``stream`` holding the
+whole assignment and input 2 is absent; the streams' bit layouts are `micronet_onnx.format.encodings`'):
 
 ====  ===================  =========  ====================================================
 idx   name                 dtype      meaning
@@ -36,17 +38,20 @@ from dataclasses import dataclass
 import numpy as np
 
 DOMAIN = "micronet"
-OPSET_VERSION = 2
+OPSET_VERSION = 3
 """Version of the ``micronet`` domain that writers emit; it is the format version of every op in the
-domain. Version 2 added the optional inputs 8..10 (input affine and residual); version 1 files are
-read unchanged."""
+domain. Version 2 added the optional inputs 8..10 (input affine and residual), version 3 the
+``encoding`` attribute (the assignment as masks, sparse rows or an entropy-coded stream); version 1
+and 2 files are read unchanged."""
 OP_TYPE = "TernaryConv"
-SUPPORTED_OPSET_VERSIONS = (1, 2)
+SUPPORTED_OPSET_VERSIONS = (1, 2, 3)
+ENCODING_VERSION = 3  # the first format version with the encoding attribute
 
 # Input positions (the contract fixes 0..3; the rest are optional and may be given as empty names).
 IN_X = 0
 IN_MASK = 1
-IN_SIGN = 2
+IN_STREAM = 1  # since opset 3: the same slot holds the encoded stream with encoding rows / entropy
+IN_SIGN = 2  # absent (empty name) with encoding rows / entropy
 IN_CENTROIDS = 3
 IN_SCALE = 4
 IN_BIAS = 5
@@ -69,12 +74,29 @@ ATTR_DILATIONS = "dilations"  # ints [dH, dW]; default [1, 1]
 ATTR_GROUP = "group"  # int; default 1
 ATTR_OUT_CHANNELS = "num_output_channels"  # int M_out; default M_stored (needed with out_channels)
 ATTR_ACTIVATION = "activation"  # string: "" (none) or "Relu"; default ""
+ATTR_ENCODING = "encoding"  # int (since opset 3): index into ENCODINGS; default 0 (masks)
 
 ACTIVATIONS = ("", "Relu")
+ENCODINGS = ("masks", "rows", "entropy")  # the value of `encoding` is the index of the name here
+ENCODING_MASKS = 0
+ENCODING_ROWS = 1
+ENCODING_ENTROPY = 2
+STREAM_NAME = "stream"  # the initializer suffix of input 1 with encoding rows / entropy
+
+# rows (docs/ternary-conv.md, "Encoding rows"): 2 header bytes [rice_k, count_bits], then the bits.
+ROWS_HEADER_BYTES = 2
+ROWS_MAX_RICE_K = 56
+ROWS_MAX_COUNT_BITS = 57
+# entropy (docs/ternary-conv.md, "Encoding entropy"): rANS with a static 3-symbol model.
+ENTROPY_HEADER_BYTES = 4  # uint16 LE frequencies of -1 and +1; 0's is 2**ENTROPY_PROB_BITS minus both
+ENTROPY_PROB_BITS = 15
+ENTROPY_STATE_BYTES = 4
+ENTROPY_STATE_LOW = 8388608  # 2**23: the rANS state lies in [2**23, 2**31)
 
 MAX_ATTRIBUTE_VALUE = 1 << 24  # upper bound of every shape, stride, pad, dilation and channel count
 
 MASK_DTYPE = np.uint8
+STREAM_DTYPE = np.uint8
 SIGN_DTYPE = np.uint8
 CENTROID_DTYPE = np.float16
 AFFINE_DTYPE = np.float16  # scale and bias

@@ -11,8 +11,8 @@
   write (``format_version=1``). It is imported only by files that contain a TernaryConv node: a
   dense export is plain standard ONNX that any runtime loads without knowing the domain.
 
-Readers check a model's format version with `micronet_version` and a node's input count with
-`check_input_count`; writers take their imports from `opset_imports`. Nothing else re-checks them.
+Readers check a model's format version with `micronet_version` and a node's input count and
+attributes with `check_node_header`; writers take their imports from `opset_imports`. Nothing else re-checks them.
 """
 
 from __future__ import annotations
@@ -63,6 +63,16 @@ def check_input_count(num_inputs: int, version: int) -> None:
     why = f" ({extra} came with {spec.DOMAIN} opset {newer[0]})" if newer and num_inputs > limit else ""
     raise spec.FormatError(f"has {num_inputs} inputs, but {spec.DOMAIN} opset {version} nodes have at least "
                            f"{spec.NUM_REQUIRED_INPUTS} and at most {limit}{why}")
+
+
+def check_node_header(node: onnx.NodeProto, version: int) -> None:
+    """The rules of one TernaryConv node that need the model's format version, which the C++ library
+    cannot see: its input count (`check_input_count`) and no ``encoding`` attribute before version 3
+    (the library would decode by it). `spec.FormatError` otherwise."""
+    check_input_count(len(node.input), version)
+    if version < spec.ENCODING_VERSION and any(a.name == spec.ATTR_ENCODING for a in node.attribute):
+        raise spec.FormatError(f"has attribute {spec.ATTR_ENCODING}, which came with {spec.DOMAIN} opset "
+                               f"{spec.ENCODING_VERSION}")
 
 
 def onnx_opsetid() -> onnx.OperatorSetIdProto:
