@@ -92,6 +92,8 @@ ENTROPY_HEADER_BYTES = 4  # uint16 LE frequencies of -1 and +1; 0's is 2**ENTROP
 ENTROPY_PROB_BITS = 15
 ENTROPY_STATE_BYTES = 4
 ENTROPY_STATE_LOW = 8388608  # 2**23: the rANS state lies in [2**23, 2**31)
+MAX_ENCODED_WEIGHTS = 2147483648  # 2**31: weights of one node with encoding rows / entropy (a stream
+# can describe many weights in few bytes; this bounds the decode's memory and time)
 
 MAX_ATTRIBUTE_VALUE = 1 << 24  # upper bound of every shape, stride, pad, dilation and channel count
 

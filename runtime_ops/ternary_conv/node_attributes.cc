@@ -114,6 +114,7 @@ std::string ReadAttributes(const OrtApi* api, const OrtKernelInfo* info, NodeAtt
   if (!(err = ReadInt(api, info, tf::kAttrGroup, &attrs->group)).empty()) return err;
   if (!(err = ReadInt(api, info, tf::kAttrOutChannels, &attrs->num_output_channels)).empty()) return err;
   if (!(err = ReadStringAttr(api, info, tf::kAttrActivation, &attrs->activation)).empty()) return err;
+  if (!(err = ReadInt(api, info, tf::kAttrEncoding, &attrs->encoding)).empty()) return err;
   return {};
 }
 

@@ -151,7 +151,8 @@ std::string ReadNode(const OrtApi* api, const OrtKernelInfo* info, Kernel* kerne
                  &value_name);
     }
     if (value_name.empty()) {
-      if (i < tf::kNumRequiredInputs) return std::string("required input ") + what + " is missing";
+      // sign is absent with encoding rows / entropy: BuildSpec checks it against the encoding
+      if (i < tf::kNumRequiredInputs && i != tf::kInSign) return std::string("required input ") + what + " is missing";
       continue;  // absent optional input
     }
     int is_constant = 0;
@@ -364,7 +365,10 @@ ONNXTensorElementDataType ORT_API_CALL GetOutputType(const OrtCustomOp*, size_t)
 }
 size_t ORT_API_CALL GetOutputTypeCount(const OrtCustomOp*) noexcept { return 1; }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL GetInputCharacteristic(const OrtCustomOp*, size_t index) noexcept {
-  return index < static_cast<size_t>(tf::kNumRequiredInputs) ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  // sign (input 2) is optional since format v3: absent with encoding rows / entropy
+  return index < static_cast<size_t>(tf::kNumRequiredInputs) && index != static_cast<size_t>(tf::kInSign)
+             ? INPUT_OUTPUT_REQUIRED
+             : INPUT_OUTPUT_OPTIONAL;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL GetOutputCharacteristic(const OrtCustomOp*, size_t) noexcept {
   return INPUT_OUTPUT_REQUIRED;
@@ -375,7 +379,8 @@ int ORT_API_CALL GetVariadicHomogeneity(const OrtCustomOp*) noexcept { return 0;
 // The kernel implements domain opset versions 1..kOpsetVersion (the format versions); a model
 // importing another version finds no kernel and fails at session creation. Version 1 is the subset
 // without inputs 8..10; the kernel cannot see a node's opset version, so the "no inputs past 7 in a
-// version-1 model" rule is checked by micronet_onnx.runtime.check_format_version.
+// version-1 model" rule (and "no encoding attribute before version 3") is checked by
+// micronet_onnx.runtime.check_format_version.
 int ORT_API_CALL GetStartVersion(const OrtCustomOp*) noexcept { return tf::kSupportedOpsetVersions[0]; }
 int ORT_API_CALL GetEndVersion(const OrtCustomOp*) noexcept { return tf::kOpsetVersion; }
 

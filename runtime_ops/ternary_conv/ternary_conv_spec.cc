@@ -4,6 +4,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "ternary_conv/encoded_decode.h"
 #include "ternary_conv/ternary_format.h"
 
 namespace micronet {
@@ -217,13 +218,64 @@ std::string CheckAttributes(const NodeAttributes& attrs, TernaryConvSpec* spec) 
 
 namespace {
 
+std::string ReadCentroids(const ConstTensor* const inputs[], TernaryConvSpec* spec) {
+  if (inputs[tf::kInCentroids] == nullptr) return std::string("missing required input ") + tf::kInputNames[tf::kInCentroids];
+  const ConstTensor& centroids = *inputs[tf::kInCentroids];
+  std::string err = CheckVector(centroids, "centroids", tf::kCentroidDtype, tf::kNumCentroids, "[negative, positive]");
+  if (!err.empty()) return err;
+  const uint16_t* c16 = static_cast<const uint16_t*>(centroids.data);
+  spec->c_neg = HalfToFloat(c16[tf::kCentroidNeg]);
+  spec->c_pos = HalfToFloat(c16[tf::kCentroidPos]);
+  return {};
+}
+
+// Format v3, encoding rows or entropy: input 1 is a 1-D uint8 stream, input 2 absent; decoded into
+// `decoded` (the masks of encoding masks).
+std::string DecodeStream(const ConstTensor* const inputs[], int64_t encoding, const std::vector<int64_t>& ws,
+                         DecodedMasks* decoded) {
+  const char* name = tf::kEncodings[encoding];
+  if (inputs[tf::kInStream] == nullptr) return std::string("missing required input ") + tf::kStreamName;
+  if (inputs[tf::kInSign] != nullptr) return std::string("input sign must be absent with encoding ") + name;
+  const ConstTensor& stream = *inputs[tf::kInStream];
+  if (stream.dtype != tf::kStreamDtype) return std::string(tf::kStreamName) + " must be uint8, got " + DTypeName(stream.dtype);
+  if (stream.shape.size() != 1 || stream.shape[0] < 0 || static_cast<uint64_t>(stream.shape[0]) != stream.num_elements) {
+    return std::string(tf::kStreamName) + " must be 1-D, got " + ShapeString(stream.shape);
+  }
+  const uint64_t row_len = static_cast<uint64_t>(ws[1] * ws[2] * ws[3]);
+  const uint64_t numel = static_cast<uint64_t>(ws[0]) * row_len;  // <= 2^56 (CheckAttributes)
+  if (numel > static_cast<uint64_t>(tf::kMaxEncodedWeights)) {
+    return "weight_shape " + ShapeString(ws) + " has more than " + std::to_string(tf::kMaxEncodedWeights) +
+           " weights, the most a node with encoding " + name + " may have";
+  }
+  const uint8_t* data = static_cast<const uint8_t*>(stream.data);
+  if (encoding == tf::kEncodingRows) {
+    return DecodeRowsStream(data, stream.num_elements, static_cast<uint64_t>(ws[0]), row_len, decoded);
+  }
+  return DecodeEntropyStream(data, stream.num_elements, numel, decoded);
+}
+
 // The packed weight (mask, sign, centroids): checked, centroids into `spec`, the bit arrays and the
-// mask's popcount out.
-std::string ReadPackedWeight(const ConstTensor* const inputs[], const std::vector<int64_t>& ws, TernaryConvSpec* spec,
-                             const uint8_t** mask_out, const uint8_t** sign_out, uint64_t* nnz_out) {
+// mask's popcount out. With encoding rows or entropy the bit arrays are decoded into `decoded`.
+std::string ReadPackedWeight(const ConstTensor* const inputs[], const NodeAttributes& attrs, TernaryConvSpec* spec,
+                             DecodedMasks* decoded, const uint8_t** mask_out, const uint8_t** sign_out,
+                             uint64_t* nnz_out) {
+  const std::vector<int64_t>& ws = *attrs.weight_shape;
+  std::string err = ReadCentroids(inputs, spec);
+  if (!err.empty()) return err;
+  const int64_t encoding = attrs.encoding.value_or(tf::kEncodingMasks);
+  if (encoding < 0 || encoding > tf::kEncodingEntropy) {
+    return "attribute encoding = " + std::to_string(encoding) + " is not one of 0..2 (masks, rows, entropy)";
+  }
+  if (encoding != tf::kEncodingMasks) {
+    err = DecodeStream(inputs, encoding, ws, decoded);
+    if (!err.empty()) return err;
+    *mask_out = decoded->mask.data();
+    *sign_out = decoded->sign.data();
+    *nnz_out = decoded->nnz;
+    return {};
+  }
   const uint64_t numel = static_cast<uint64_t>(ws[0] * ws[1] * ws[2] * ws[3]);  // <= 2^56 (CheckAttributes)
   const std::string ws_str = "weight_shape " + ShapeString(ws);
-  std::string err;
   for (int i = tf::kInMask; i < tf::kNumRequiredInputs; ++i) {
     if (inputs[i] == nullptr) return std::string("missing required input ") + tf::kInputNames[i];
   }
@@ -242,13 +294,6 @@ std::string ReadPackedWeight(const ConstTensor* const inputs[], const std::vecto
   if (!err.empty()) return err;
   const uint8_t* sign_bytes = static_cast<const uint8_t*>(sign.data);
   if (!PaddingBitsZero(sign_bytes, nnz)) return "sign has non-zero padding bits after bit " + std::to_string(nnz);
-
-  const ConstTensor& centroids = *inputs[tf::kInCentroids];
-  err = CheckVector(centroids, "centroids", tf::kCentroidDtype, tf::kNumCentroids, "[negative, positive]");
-  if (!err.empty()) return err;
-  const uint16_t* c16 = static_cast<const uint16_t*>(centroids.data);
-  spec->c_neg = HalfToFloat(c16[tf::kCentroidNeg]);
-  spec->c_pos = HalfToFloat(c16[tf::kCentroidPos]);
 
   *mask_out = mask_bytes;
   *sign_out = sign_bytes;
@@ -367,7 +412,8 @@ std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inpu
   const uint8_t* mask_bytes = nullptr;
   const uint8_t* sign_bytes = nullptr;
   uint64_t nnz = 0;
-  err = ReadPackedWeight(inputs, ws, spec, &mask_bytes, &sign_bytes, &nnz);
+  DecodedMasks decoded;  // owns the masks of an encoded stream until DecodeTaps has read them
+  err = ReadPackedWeight(inputs, attrs, spec, &decoded, &mask_bytes, &sign_bytes, &nnz);
   if (!err.empty()) return err;
   std::vector<int32_t> in_map;
   err = ReadOptionalInputs(inputs, spec, &in_map);

@@ -31,6 +31,7 @@ struct NodeAttributes {
   std::optional<int64_t> group;
   std::optional<int64_t> num_output_channels;
   std::optional<std::string> activation;
+  std::optional<int64_t> encoding;  // format v3: index into kEncodings; absent = masks
 };
 
 enum class Activation { kNone, kRelu };
@@ -85,7 +86,9 @@ struct TernaryConvSpec {
 std::string CheckAttributes(const NodeAttributes& attrs, TernaryConvSpec* spec);
 
 // Validates the attributes and constant inputs (index 1..9 of `inputs`; nullptr = absent optional
-// input; index 0 and 10 are run-time values and ignored) and fills `spec`. Returns an empty string
+// input; index 0 and 10 are run-time values and ignored) and fills `spec`. With encoding rows or
+// entropy (format v3) input 1 is the stream and input 2 must be absent; the stream is decoded into
+// the masks of encoding masks (encoded_decode.cc), then read as those. Returns an empty string
 // on success, else a one-line reason. Never reads outside the given tensors; may throw std::bad_alloc.
 std::string BuildSpec(const NodeAttributes& attrs, const ConstTensor* const inputs[11], TernaryConvSpec* spec);
 

@@ -13,12 +13,13 @@ namespace micronet {
 namespace ternary_format {
 
 constexpr const char* kDomain = "micronet";
-constexpr int kOpsetVersion = 2;  // the domain's opset version is the format version (writers emit this one)
+constexpr int kOpsetVersion = 3;  // the domain's opset version is the format version (writers emit this one)
 constexpr const char* kOpType = "TernaryConv";
 
 // Input positions: 0..3 are required, the rest optional (absent or empty names); 8..10 since opset 2.
 constexpr int kInX = 0;
 constexpr int kInMask = 1;
+constexpr int kInStream = 1;  // since opset 3: the encoded stream with encoding rows / entropy
 constexpr int kInSign = 2;
 constexpr int kInCentroids = 3;
 constexpr int kInScale = 4;
@@ -41,6 +42,7 @@ constexpr const char* kAttrDilations = "dilations";
 constexpr const char* kAttrGroup = "group";
 constexpr const char* kAttrOutChannels = "num_output_channels";
 constexpr const char* kAttrActivation = "activation";
+constexpr const char* kAttrEncoding = "encoding";  // int, since opset 3; default 0 (masks)
 
 // Allowed values of `activation`.
 constexpr const char* kActivations[2] = {"", "Relu"};
@@ -48,11 +50,28 @@ constexpr const char* kActivationNone = "";
 constexpr const char* kActivationRelu = "Relu";
 
 // Opset versions of the domain this library reads.
-constexpr int kSupportedOpsetVersions[2] = {1, 2};
+constexpr int kSupportedOpsetVersions[3] = {1, 2, 3};
+constexpr int kEncodingVersion = 3;  // the first format version with the encoding attribute
+
+// Assignment encodings (the value of `encoding` indexes kEncodings); decoded by encoded_decode.cc.
+constexpr const char* kEncodings[3] = {"masks", "rows", "entropy"};
+constexpr int kEncodingMasks = 0;
+constexpr int kEncodingRows = 1;
+constexpr int kEncodingEntropy = 2;
+constexpr const char* kStreamName = "stream";
+constexpr int kRowsHeaderBytes = 2;  // [rice_k, count_bits]
+constexpr int kRowsMaxRiceK = 56;
+constexpr int kRowsMaxCountBits = 57;
+constexpr int kEntropyHeaderBytes = 4;  // uint16 LE f(-1), f(+1); f(0) = 2^15 - both
+constexpr int kEntropyProbBits = 15;
+constexpr int kEntropyStateBytes = 4;
+constexpr int kEntropyStateLow = 8388608;  // 2^23: the rANS state lies in [2^23, 2^31)
+constexpr int64_t kMaxEncodedWeights = 2147483648;  // weights of one node with encoding rows / entropy
 
 // Element types (ONNX TensorProto.DataType codes).
 constexpr int kFloatDtype = 1;  // X and Y: float32
 constexpr int kMaskDtype = 2;  // uint8
+constexpr int kStreamDtype = 2;  // uint8
 constexpr int kSignDtype = 2;  // uint8
 constexpr int kCentroidDtype = 10;  // float16
 constexpr int kAffineDtype = 10;  // float16: scale and bias

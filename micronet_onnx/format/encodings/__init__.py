@@ -10,6 +10,7 @@ library mirrors the decoders in runtime_ops/ternary_conv/encoded_decode.cc.
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import numpy as np
@@ -50,6 +51,9 @@ def encode(name: str, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
 
 def decode(name: str, first: np.ndarray, second: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     """The int8 code tensor of ``shape`` from inputs 1 and 2 in encoding ``name``."""
+    if name != "masks" and math.prod(int(s) for s in shape) > spec.MAX_ENCODED_WEIGHTS:
+        raise spec.FormatError(f"weight_shape {list(shape)} has more than {spec.MAX_ENCODED_WEIGHTS} weights, "
+                               f"the most a node with encoding {name} may have")
     return REGISTRY[check_name(name)].decode(first, second, tuple(int(s) for s in shape))
 
 
