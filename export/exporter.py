@@ -93,6 +93,7 @@ class ExportReport:
                          f"{100 * (self.ec2t_sparsity or 0):.2f} %, dead channels: {self.dead_outputs} "
                          f"outputs not stored, {self.dropped_inputs} inputs dropped, "
                          f"{self.kept_constant_inputs} kept (non-zero constant)")
+        lines.extend(self.encoding_lines())
         subnormal = sum(la.fp16_subnormal for la in self.ternary_layers)
         if subnormal:
             lines.append(f"  warning: {subnormal} centroid/scale/bias values are float16 subnormals "
@@ -100,6 +101,18 @@ class ExportReport:
         lines.append("  " + (self.parity.summary() if self.parity else "parity: not checked (--no-check)"))
         lines.append(f"  time: {self.seconds.get('total', 0.0):.2f} s")
         return lines
+
+    def encoding_lines(self) -> list[str]:
+        """The assignment encoding chosen per TernaryConv layer and its bytes (format version 3)."""
+        layers = [la for la in self.ternary_layers if la.encoding]
+        if not layers:
+            return []
+        counts = Counter(la.encoding for la in layers)
+        total = sum(la.assignment_bytes for la in layers)
+        out = ["  encodings: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+               + f"; assignment {total} bytes"]
+        out.extend(f"    {la.name}: {la.encoding}, {la.assignment_bytes} bytes" for la in layers)
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -222,6 +235,7 @@ def export_model(
     metadata: dict[str, str] | None = None,
     format_version: int = tf.OPSET_VERSION,
     portable: bool = False,
+    encoding: str = "auto",
 ) -> ExportReport:
     """Export ``model`` (read only; evaluated in eval mode) to ``path``.
 
@@ -237,6 +251,9 @@ def export_model(
     ``portable`` (EC2T models, not with ``ternary``): standard ONNX only, the dense layout with every
     ternary conv's codes stored as INT2 and looked up by standard ops (`export.portable`, its own
     opset/IR pins); checked in stock onnxruntime.
+    ``encoding`` (ternary, format version 3): how each TernaryConv stores its assignment: ``auto`` (the
+    smallest per layer), ``masks``, ``rows`` or ``entropy`` (docs/ternary-conv.md); versions 1 and 2
+    store masks (``auto`` or ``masks`` only).
 
     Raises `ExportError` for requests that cannot be met and `ParityError` (nothing written) when
     the file does not compute the model's function within tolerance.
@@ -249,7 +266,7 @@ def export_model(
     hw = _input_hw(probe, input_size, channels)
 
     built = build_graph(model, ternary=ternary, fp16=fp16, input_hw=hw, format_version=format_version,
-                        portable=portable)
+                        portable=portable, encoding=encoding)
     dense = built if not (ternary or fp16 or portable) else build_graph(model, ternary=False, fp16=False, input_hw=hw)
     dense_equiv = 4 * dense.param_count
     sparsity = overall_sparsity(model) if is_ternary(model) else None
@@ -301,6 +318,7 @@ def export_checkpoint(
     best: bool = True,
     format_version: int = tf.OPSET_VERSION,
     portable: bool = False,
+    encoding: str = "auto",
 ) -> ExportReport:
     """Load a checkpoint (`micronet_onnx.training.checkpoint.Checkpoint`) and export it; see `export_model`.
 
@@ -325,7 +343,7 @@ def export_checkpoint(
     probe = parity.default_probe(batch=probe_batch, channels=int(model.stem_conv.in_channels))
     return export_model(
         model, path, ternary=ternary, fp16=fp16, probe=probe, check=check,
-        source=checkpoint.name, format_version=format_version, portable=portable,
+        source=checkpoint.name, format_version=format_version, portable=portable, encoding=encoding,
         metadata={"source_sha256": file_hash(checkpoint), "source_weights": which, **_training_metadata(ckpt)},
     )
 

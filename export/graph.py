@@ -38,7 +38,7 @@ from micronet_onnx.export import portable
 from micronet_onnx.export.errors import ExportError
 from micronet_onnx.export.folding import TernaryParts, bn_affine, bn_params, conv_bn, conv_geometry, to_fp16, to_fp32
 from micronet_onnx.format import spec as tf
-from micronet_onnx.format import versions
+from micronet_onnx.format import encodings, versions
 from micronet_onnx.format.node import TernaryConvNode
 from micronet_onnx.model import Block, MicroNet
 from micronet_onnx.training.ec2t import TernaryConv2d
@@ -66,6 +66,8 @@ class LayerReport:
     fp16_subnormal: int = 0  # folded values that fell into float16's subnormal range
     input_affine: bool = False  # carries the BN before it as in_scale / in_bias (format version 2)
     residual: bool = False  # adds the block's shortcut before its activation (format version 2)
+    encoding: str = ""  # how the TernaryConv node stores its assignment (masks, rows, entropy); "" portable
+    assignment_bytes: int = 0  # bytes of that stored assignment (inputs 1 and 2)
 
     def reasons(self) -> list[str]:
         """One readable line per kind of thing left out or kept."""
@@ -102,8 +104,9 @@ class BuiltGraph:
 
 class _Builder:
     def __init__(self, *, ternary: bool, fp16: bool, format_version: int = tf.OPSET_VERSION,
-                 portable: bool = False) -> None:
+                 portable: bool = False, encoding: str = "auto") -> None:
         self.ternary = ternary
+        self.encoding = encoding
         self.portable = portable
         self.fp16 = fp16
         self.format_version = format_version
@@ -217,11 +220,13 @@ class _Builder:
             in_channels=plan.in_channels if plan.needs_in_map else None,
             out_channels=plan.out_rows if plan.needs_out_map else None,
             in_scale=in_scale, in_bias=in_bias, residual=None if residual is None else residual.name,
-            version=self.format_version)
+            version=self.format_version).choose_encoding(self.encoding)
         oshape = tuple(node.output_shape([None, *shape])[1:])
         y, consts = self.written_node(node, {x.name: x, **({} if residual is None else {residual.name: residual})},
                                       [BATCH_DIM, *oshape])
         zero, dead = self.report_layer(name, parts, plan, act, consts, in_bn, residual is not None)
+        self.layers[-1].encoding = node.encoding
+        self.layers[-1].assignment_bytes = node.stored_assignment_bytes()
         return y, oshape, zero, dead
 
     def portable_conv(self, name: str, x: gs.Tensor, shape: tuple, conv: nn.Conv2d, parts: TernaryParts,
@@ -311,16 +316,31 @@ def _conv_out(shape: tuple, wshape: tuple, geo: dict) -> tuple:
     return (int(wshape[0]), *attrs.output_hw(shape[1], shape[2]))
 
 
+def check_encoding_request(encoding: str, format_version: int) -> str:
+    """``encoding`` if a file of ``format_version`` can be written with it (``auto``, or one of
+    `spec.ENCODINGS` from version 3 on; ``masks`` only before); `spec.FormatError` otherwise."""
+    if encoding not in encodings.CHOICES:
+        raise tf.FormatError(f"unknown encoding {encoding!r} (one of {', '.join(encodings.CHOICES)})")
+    if format_version < tf.ENCODING_VERSION and encoding not in (encodings.AUTO, "masks"):
+        raise tf.FormatError(f"encoding {encoding} needs format version {tf.ENCODING_VERSION} "
+                             f"(format version {format_version} stores masks only)")
+    return encoding
+
+
 def build_graph(model: MicroNet, *, ternary: bool, fp16: bool, input_hw: tuple[int, int],
-                format_version: int = tf.OPSET_VERSION, portable: bool = False) -> BuiltGraph:
+                format_version: int = tf.OPSET_VERSION, portable: bool = False,
+                encoding: str = "auto") -> BuiltGraph:
     """The gs graph of an eval-mode MicroNet (model is only read).
 
     ``format_version`` (TernaryConv format, ternary exports only): 2 fuses each block's bn1 into conv1
     (``in_scale``/``in_bias``) and its skip connection into conv2 (``residual``); 1 writes them as a
     standalone BatchNormalization and an Add. ``portable`` (with ``ternary=False``): the dense layout,
-    each ternary conv's codes stored as INT2 and looked up by standard ops (`export.portable`)."""
+    each ternary conv's codes stored as INT2 and looked up by standard ops (`export.portable`).
+    ``encoding`` (format version 3): how every TernaryConv stores its assignment, ``auto`` the smallest
+    per layer (`TernaryConvNode.choose_encoding`); older versions store masks only."""
     try:
         versions.check_format_version(format_version)
+        check_encoding_request(encoding, format_version)
     except tf.FormatError as e:
         raise ExportError(str(e)) from None
     if not isinstance(model, MicroNet):
@@ -329,7 +349,7 @@ def build_graph(model: MicroNet, *, ternary: bool, fp16: bool, input_hw: tuple[i
         raise ExportError("the head must pool to 1x1")
     if portable and ternary:
         raise ExportError("a portable export is standard ONNX: it cannot also be a TernaryConv export")
-    b = _Builder(ternary=ternary, fp16=fp16, format_version=format_version, portable=portable)
+    b = _Builder(ternary=ternary, fp16=fp16, format_version=format_version, portable=portable, encoding=encoding)
     c_in = int(model.stem_conv.in_channels)
     shape = (c_in, int(input_hw[0]), int(input_hw[1]))
     x_in = gs.Variable(INPUT_NAME, dtype=np.float32, shape=[BATCH_DIM, *shape])

@@ -31,7 +31,7 @@ def tmodel() -> MicroNet:
 @pytest.fixture(scope="module")
 def ternary_export(tmodel, tmp_path_factory):
     path = tmp_path_factory.mktemp("exp") / "t.onnx"
-    report = export_model(tmodel, path, ternary=True)
+    report = export_model(tmodel, path, ternary=True, encoding="masks")  # format 3 with version 2's bytes
     return path, report
 
 
@@ -120,8 +120,8 @@ def test_ternary_file_layout(ternary_export, tmodel):
     onnx.checker.check_model(model, full_check=True)
     assert model.ir_version == mx.IR_VERSION == 8
     opsets = {o.domain: o.version for o in model.opset_import}
-    assert opsets == {"": mx.ONNX_OPSET, tf.DOMAIN: tf.OPSET_VERSION} and tf.OPSET_VERSION == 2
-    assert report.format_version == 2
+    assert opsets == {"": mx.ONNX_OPSET, tf.DOMAIN: tf.OPSET_VERSION} and tf.OPSET_VERSION == 3
+    assert report.format_version == 3
     tern = _nodes(model, tf.OP_TYPE)
     assert len(tern) == 2 * len(tmodel.blocks()) == len(report.ternary_layers)
     assert all(n.domain == tf.DOMAIN for n in tern)
@@ -139,7 +139,7 @@ def test_ternary_file_layout(ternary_export, tmodel):
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     meta = {p.key: p.value for p in model.metadata_props}
     assert model.producer_name == "micronet-onnx"
-    assert meta["micronet.format_version"] == "2"
+    assert meta["micronet.format_version"] == "3"
     assert float(meta["micronet.ec2t_sparsity"]) == pytest.approx(report.ec2t_sparsity)
 
 
@@ -373,7 +373,7 @@ def test_parity_failure_writes_nothing(tmodel, tmp_path, monkeypatch):
 
 
 def test_bad_format_version_is_refused(tmodel, tmp_path):
-    for bad in (0, 3, True, "2"):
+    for bad in (0, 4, True, "2"):
         with pytest.raises(ExportError, match="format version"):
             export_model(tmodel, tmp_path / "x.onnx", ternary=True, format_version=bad, check=False)
     assert not (tmp_path / "x.onnx").exists()
@@ -430,7 +430,7 @@ def test_cli_export_ternary(ckpts, tmp_path):
     r = _mnx("export", "--ternary", ckpts / "tern.pt", "-o", out, "--probe-batch", "2")
     assert r.exit_code == 0, r.output
     assert out.is_file() and "TernaryConv" in r.stdout and "parity" in r.stdout and "KiB" in r.stdout
-    assert "format version 2" in r.stdout and "BatchNormalization" not in r.stdout
+    assert "format version 3" in r.stdout and "BatchNormalization" not in r.stdout
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert meta["micronet.source_checkpoint"] == "tern.pt" and len(meta["micronet.source_sha256"]) == 64
 
@@ -444,7 +444,7 @@ def test_cli_export_format_version_1(ckpts, tmp_path):
     assert _nodes(model, "BatchNormalization") and _nodes(model, "Add") and "format version 1" in r.stdout
 
 
-@pytest.mark.parametrize("value", ["3", "0", "-1"])
+@pytest.mark.parametrize("value", ["4", "0", "-1"])
 def test_cli_bad_format_version_exit_2(ckpts, tmp_path, value):
     r = _mnx("export", "--ternary", "--format-version", value, ckpts / "tern.pt", "-o", tmp_path / "m.onnx")
     assert r.exit_code == 2, r.output

@@ -216,7 +216,7 @@ def test_paper_like_chain_of_blocks_becomes_two_nodes_per_block():
     out, report = run(m)
     assert len(m.graph.node) == 19 and len(out.graph.node) == 6
     assert report.counts() == {rep.INPUT_AFFINE: 3, rep.OUTPUT_AFFINE: 3, rep.RELU: 4, rep.RESIDUAL: 3}
-    assert versions.micronet_version(out) == 2 and report.format_version_in == 1
+    assert versions.micronet_version(out) == 3 and report.format_version_in == 1
     assert_parity(m, out)
 
 

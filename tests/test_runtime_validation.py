@@ -127,7 +127,7 @@ def test_env_var_and_session_kwargs(ops_library, monkeypatch):
         runtime.create_session(node.model().SerializeToString(), no_such_option=1)
 
 
-@pytest.mark.parametrize("version", [0, 3])
+@pytest.mark.parametrize("version", [0, 4])
 def test_unsupported_format_version_is_rejected(ops_library, tmp_path, version):
     model = _plain_node().model()
     model.opset_import[1].version = version

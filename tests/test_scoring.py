@@ -761,14 +761,15 @@ def test_report_json_has_the_documented_keys_and_matches_the_records():
     d = rep.to_dict()
     assert list(d) == [  # docs/scoring.md, "Report (JSON)", in order
         "model", "file_bytes", "initializer_bytes", "constant_bytes", "params_paper", "params_stored",
-        "params_best_format", "dense_fp32_params", "compression_ratio", "compression_ratio_paper", "ops", "mults",
+        "params_best_format", "entropy_bound", "assignment_params", "dense_fp32_params", "compression_ratio", "compression_ratio_paper", "ops", "mults",
         "adds", "ops_by_category", "score", "score_stored", "score_terms", "reference", "options", "input_shapes",
         "num_ternary_layers", "unknown_ops", "warnings", "layers",
     ]
     common = ["name", "op_type", "domain", "output_shape", "in_channels", "out_channels", "kernel", "sparsity",
               "params_paper", "params_paper_detail", "params_stored", "dense_fp32_params", "weight_format_params",
               "best_alternative", "unknown", "shape_unknown", "initializers"]
-    ternary = ["stored_channels", "group", "nnz", "weights_effective", "weights_stored", "sparsity_stored"]
+    ternary = ["stored_channels", "group", "nnz", "weights_effective", "weights_stored", "sparsity_stored",
+               "encoding", "assignment_params", "entropy_bound"]
     tail = ["mults", "adds", "ops", "ops_detail"]
     for record, x in zip(rep.layers, d["layers"], strict=True):
         if record.op_type == "TernaryConv":

@@ -131,14 +131,19 @@ def export_cmd(
     probe_batch: int = typer.Option(8, "--probe-batch", min=1, max=MAX_PROBE_BATCH,
                                     help="Images of noise in the parity probe."),
     format_version: int | None = typer.Option(
-        None, "--format-version", help="TernaryConv format to write with --ternary: 2 (the default: bn1 and "
-        "the skip connection fused into the TernaryConv nodes) or 1 (standalone BatchNormalization and Add, "
+        None, "--format-version", help="TernaryConv format to write with --ternary: 3 (the default: as 2, with "
+        "each layer's assignment in the encoding of --encoding), 2 (bn1 and the skip connection fused into the "
+        "TernaryConv nodes) or 1 (standalone BatchNormalization and Add, "
         "for readers of version 1)."),
+    encoding: str = typer.Option("auto", "--encoding", help="How each TernaryConv stores its ternary "
+                                 "assignment (format version 3): auto (the smallest per layer), masks, rows "
+                                 "or entropy (docs/ternary-conv.md); versions 1 and 2 store masks."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output instead of refusing."),
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON on stdout."),
 ) -> None:
     """Export a checkpoint to ONNX, checking the file against the PyTorch model (docs/export.md)."""
     from micronet_onnx.export import ParityError, export_checkpoint
+    from micronet_onnx.export.graph import check_encoding_request
     from micronet_onnx.format import spec, versions
 
     with error_boundary():
@@ -147,11 +152,15 @@ def export_cmd(
                 spec.OPSET_VERSION if format_version is None else format_version)
         except spec.FormatError as e:
             fail(f"--format-version: {e}")
+        try:
+            check_encoding_request(encoding, format_version)
+        except spec.FormatError as e:
+            fail(f"--encoding: {e}")
         check_output(output, inputs=(checkpoint,), force=force)
         try:
             report = export_checkpoint(checkpoint, output, ternary=ternary, fp16=fp16, check=not no_check,
                                        probe_batch=probe_batch, format_version=format_version,
-                                       portable=portable)
+                                       portable=portable, encoding=encoding)
         except ParityError as e:
             fail(first_line(e), 1)
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_out else "\n".join(report.summary()))

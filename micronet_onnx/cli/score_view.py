@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from micronet_onnx.scoring.report import LayerRecord, ScoreReport
+from collections import Counter
+
+from micronet_onnx.scoring.report import LayerRecord, ScoreReport, TernaryLayerRecord
 
 __all__ = ["format_count", "render_table"]
 
@@ -83,6 +85,7 @@ def _summary(report: ScoreReport) -> list[str]:
         f"params_paper           {report.params_paper:,.1f}  (Appendix B, 32-bit units)",
         f"params_stored          {report.params_stored:,.1f}  (every stored bit / 32)",
         f"params_best_format     {report.params_best_format:,.1f}  (cheapest reference format per layer)",
+        *_assignment_lines(report),
         f"file size              {report.file_bytes:,} bytes  (initializers {report.initializer_bytes:,} bytes)",
         f"dense fp32 equivalent  {report.dense_fp32_params:,.0f} params ({4 * report.dense_fp32_params:,.0f} bytes)",
         "compression            "
@@ -98,6 +101,22 @@ def _summary(report: ScoreReport) -> list[str]:
     if any(_alternative_cheaper(layer) for layer in report.layers):
         lines.append("* = the alternative format is cheaper than the stored one")
     lines.extend(f"warning: {w}" for w in report.warnings)
+    return lines
+
+
+def _assignment_lines(report: ScoreReport) -> list[str]:
+    """The ternary layers' stored assignments against their entropy bound (none without ternary layers)."""
+    ternary = [la for la in report.layers if isinstance(la, TernaryLayerRecord)]
+    if not ternary:
+        return []
+    counts = Counter(la.encoding for la in ternary)
+    used = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    lines = [f"entropy_bound          {report.entropy_bound:,.1f}  (ternary assignments at their empirical "
+             "entropy, + centroids)"]
+    if report.assignment_params:
+        ratio = report.assignment_params / report.entropy_bound if report.entropy_bound else float("nan")
+        lines.append(f"assignment stored      {report.assignment_params:,.1f}  ({ratio:.3f}x the bound; "
+                     f"encodings: {used})")
     return lines
 
 

@@ -133,7 +133,7 @@ def check_format_version(model: ModelSource) -> int | None:
     for node, _ in versions.iter_nodes(proto.graph):
         if node.domain == spec.DOMAIN and node.op_type == spec.OP_TYPE:
             try:
-                versions.check_input_count(len(node.input), version)
+                versions.check_node_header(node, version)
             except spec.FormatError as e:
                 raise spec.FormatError(f"{spec.OP_TYPE} node {node.name!r} {e} (the model imports opset {version})") \
                     from None

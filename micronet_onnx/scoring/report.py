@@ -114,6 +114,9 @@ class TernaryLayerRecord(LayerRecord):
     weights_effective: int
     weights_stored: int
     sparsity_stored: float
+    encoding: str = "masks"  # how the file stores the assignment (masks, rows, entropy; int2 portable)
+    assignment_params: float | None = None  # the file's assignment + centroid bytes / 4 (TernaryConv nodes)
+    entropy_bound: float = 0.0  # n * H(p) of the stored codes + 32 centroid bits, / 32
 
     def _extra(self) -> dict[str, Any]:
         return {
@@ -123,6 +126,9 @@ class TernaryLayerRecord(LayerRecord):
             "weights_effective": self.weights_effective,
             "weights_stored": self.weights_stored,
             "sparsity_stored": self.sparsity_stored,
+            "encoding": self.encoding,
+            "assignment_params": self.assignment_params,
+            "entropy_bound": self.entropy_bound,
         }
 
 
@@ -175,6 +181,8 @@ class ScoreReport:
     params_paper: float
     params_stored: float
     params_best_format: float
+    entropy_bound: float  # sum over the ternary layers of their entropy_bound
+    assignment_params: float  # sum over the TernaryConv layers of their assignment_params
     dense_fp32_params: float
     compression_ratio: float | None
     compression_ratio_paper: float | None
@@ -204,6 +212,8 @@ class ScoreReport:
                 "params_paper": self.params_paper,
                 "params_stored": self.params_stored,
                 "params_best_format": self.params_best_format,
+                "entropy_bound": self.entropy_bound,
+                "assignment_params": self.assignment_params,
                 "dense_fp32_params": self.dense_fp32_params,
                 "compression_ratio": self.compression_ratio,
                 "compression_ratio_paper": self.compression_ratio_paper,

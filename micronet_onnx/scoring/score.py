@@ -32,6 +32,7 @@ from micronet_onnx.scoring.report import (
     Reference,
     ScoreReport,
     ScoreTerms,
+    TernaryLayerRecord,
     UnusedConstantsRecord,
     report_to_json,
 )
@@ -157,6 +158,7 @@ def _report(label: str, file_bytes: int, initializer_bytes: int, constant_bytes:
         else:
             best_format += layer.params_paper
     ops_term = ops_total / opts.reference_ops
+    ternary = [layer for layer in layers if isinstance(layer, TernaryLayerRecord)]
     return ScoreReport(
         model=label,
         file_bytes=int(file_bytes),
@@ -165,6 +167,8 @@ def _report(label: str, file_bytes: int, initializer_bytes: int, constant_bytes:
         params_paper=float(params_paper),
         params_stored=float(params_stored),
         params_best_format=float(best_format),
+        entropy_bound=float(sum(layer.entropy_bound for layer in ternary)),
+        assignment_params=float(sum(layer.assignment_params or 0.0 for layer in ternary)),
         dense_fp32_params=float(dense_fp32),
         compression_ratio=float(dense_fp32 / params_stored) if params_stored else None,
         compression_ratio_paper=float(dense_fp32 / params_paper) if params_paper else None,

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from micronet_onnx.format import encodings
+from micronet_onnx.format.node import TernaryConvNode
 from micronet_onnx.scoring.graph import (
     DTYPE_BITS,
     Graph,
@@ -149,7 +151,22 @@ def ternary_record(base: LayerRecord, t: TernaryFacts) -> TernaryLayerRecord:
         weights_effective=eff,
         weights_stored=t.numel,
         sparsity_stored=1 - nnz / t.numel,
+        encoding=t.node.encoding if base.op_type == "TernaryConv" else "int2",
+        assignment_params=assignment_params(t.node) if base.op_type == "TernaryConv" else None,
+        entropy_bound=entropy_bound(t.node),
     )
+
+
+def assignment_params(node: TernaryConvNode) -> float:
+    """The bytes of a TernaryConv's stored assignment (inputs 1 and 2, as read from the file) and its
+    two float16 centroids, / 4: the part the encodings change, in 32-bit units."""
+    return (node.stored_assignment_bytes() + int(node.centroids.nbytes)) / 4
+
+
+def entropy_bound(node: TernaryConvNode) -> float:
+    """The empirical entropy bound of a ternary layer's stored assignment (`encodings.entropy_bound_bits`,
+    zero-order over its stored codes) plus its two 16-bit centroids, in 32-bit units."""
+    return (encodings.entropy_bound_bits(node.codes) + 32) / 32
 
 
 def bn_channels(node: onnx.NodeProto, shapes: Shapes) -> int | None:
