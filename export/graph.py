@@ -37,8 +37,8 @@ from micronet_onnx.export import channels as ch
 from micronet_onnx.export import portable
 from micronet_onnx.export.errors import ExportError
 from micronet_onnx.export.folding import TernaryParts, bn_affine, bn_params, conv_bn, conv_geometry, to_fp16, to_fp32
-from micronet_onnx.format import spec as tf
 from micronet_onnx.format import encodings, versions
+from micronet_onnx.format import spec as tf
 from micronet_onnx.format.node import TernaryConvNode
 from micronet_onnx.model import Block, MicroNet
 from micronet_onnx.training.ec2t import TernaryConv2d

@@ -761,7 +761,8 @@ def test_report_json_has_the_documented_keys_and_matches_the_records():
     d = rep.to_dict()
     assert list(d) == [  # docs/scoring.md, "Report (JSON)", in order
         "model", "file_bytes", "initializer_bytes", "constant_bytes", "params_paper", "params_stored",
-        "params_best_format", "entropy_bound", "assignment_params", "dense_fp32_params", "compression_ratio", "compression_ratio_paper", "ops", "mults",
+        "params_best_format", "entropy_bound", "assignment_params", "dense_fp32_params", "compression_ratio",
+        "compression_ratio_paper", "ops", "mults",
         "adds", "ops_by_category", "score", "score_stored", "score_terms", "reference", "options", "input_shapes",
         "num_ternary_layers", "unknown_ops", "warnings", "layers",
     ]
