@@ -133,7 +133,12 @@ class _Builder:
 
     def node(self, op: str, name: str, inputs: list, shape: list, attrs: dict | None = None,
              domain: str | None = None, out_name: str | None = None) -> gs.Variable:
-        out = gs.Variable(out_name or f"{name}.out", dtype=np.float32, shape=shape)
+        if self.portable and out_name != OUTPUT_NAME:
+            # Bytes the portable file can do without (25 KB of a C100 one): no value_info (shape
+            # inference recovers it) and each output named as its node (ONNX keeps the two apart).
+            out = gs.Variable(out_name or name)
+        else:
+            out = gs.Variable(out_name or f"{name}.out", dtype=np.float32, shape=shape)
         node = gs.Node(op, name=name, attrs=attrs or {}, inputs=inputs, outputs=[out])
         if domain:
             node.domain = domain
@@ -235,12 +240,13 @@ class _Builder:
         weight, consts = portable.ternary_weight(self, name, parts, plan)
         geo = conv_geometry(conv, name)
         oshape = _conv_out(shape, parts.codes.shape, geo)
-        bias = self.const(f"{name}.bias", to_fp32(parts.bias, f"{name}.bias"))
+        bias = portable.fp16_param(self, f"{name}.bias", parts.bias)
+        consts.append(bias.inputs[0].inputs[0])
         y = self.node("Conv", name, [x, weight, bias], [BATCH_DIM, *oshape],
                       {"kernel_shape": list(parts.codes.shape[2:]), **geo})
         if act == "Relu":
             y = self.node("Relu", f"{name}.relu", [y], [BATCH_DIM, *oshape])
-        return y, oshape, *self.report_layer(name, parts, plan, act, [*consts, bias], None, False)
+        return y, oshape, *self.report_layer(name, parts, plan, act, consts, None, False)
 
     def report_layer(self, name: str, parts: TernaryParts, plan: ch.ChannelPlan, act: str,
                      consts: list[gs.Constant], in_bn: nn.BatchNorm2d | None, residual: bool
@@ -273,6 +279,17 @@ class _Builder:
         inputs = [x, *(self.param(name, f"{name}.{k}", p[k]) for k in ("scale", "B", "mean", "var"))]
         return self.node("BatchNormalization", name, inputs, [BATCH_DIM, *shape], {"epsilon": float(bn.eps)})
 
+    def affine(self, name: str, x: gs.Tensor, shape: tuple, bn: nn.BatchNorm2d) -> gs.Variable:
+        """A standalone BatchNorm as Mul + Add of its folded float32 affine: two vectors where
+        BatchNormalization stores four, and the arithmetic of the TernaryConv file's ``in_scale`` /
+        ``in_bias`` (the portable export; 48 KB less in a paper-scale C100 file)."""
+        s64, t64 = bn_affine(bn, name)
+        c = len(s64)
+        a = self.param(name, f"{name}.scale", s64.reshape(c, 1, 1))
+        y = self.node("Mul", f"{name}.mul", [x, a], [BATCH_DIM, *shape], out_name=f"{name}.scaled")
+        t = self.param(name, f"{name}.shift", t64.reshape(c, 1, 1))
+        return self.node("Add", name, [y, t], [BATCH_DIM, *shape])
+
     def shortcut(self, name: str, x: gs.Tensor, shape: tuple, block: Block) -> tuple[gs.Tensor, tuple]:
         if block.shortcut is None:
             return x, shape
@@ -284,7 +301,8 @@ class _Builder:
         if fuse_bn1:
             h, in_bn = x, block.bn1
         else:
-            h, in_bn = self.batch_norm(f"{name}.bn1", x, shape, block.bn1), None
+            norm = self.affine if self.portable else self.batch_norm
+            h, in_bn = norm(f"{name}.bn1", x, shape, block.bn1), None
         h, s1, zero1, dead1 = self.conv_unit(f"{name}.conv1", h, shape, block.conv1, block.bn2, "Relu",
                                              None, None, in_bn=in_bn)
         if fuse_add:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import onnx
 
 from micronet_onnx.format import spec, versions
+from micronet_onnx.scoring.affine import affine_pair, affine_storage, shift_storage
 from micronet_onnx.scoring.counters import CountContext, OpTally, count_node, op_key
 from micronet_onnx.scoring.graph import (
     Graph,
@@ -99,6 +100,7 @@ def _layer_records(model: onnx.ModelProto, g: Graph, shapes: Shapes, ternary: di
     layers: list[LayerRecord] = []
     by_category: dict[str, float] = {}
     unknown_ops: set[str] = set()
+    shifts: set[str] = set()  # outputs of the Adds of per-channel affine pairs (`affine`), counted with their Mul
     for node in model.graph.node:
         if g.is_weight_path(node) or (node.op_type == "Constant" and is_standard(node)):
             continue  # folded into the layer that uses the constant
@@ -116,6 +118,11 @@ def _layer_records(model: onnx.ModelProto, g: Graph, shapes: Shapes, ternary: di
             layer = ternary_record(layer, ternary[node_key(node)])
         elif node.op_type == "BatchNormalization" and is_standard(node):
             bn_storage(layer, node, g, ternary, shapes)
+        elif (add := affine_pair(g, node)) is not None:
+            affine_storage(layer, node, add, g, ternary, shapes)
+            shifts.add(add.output[0])
+        elif node.output and node.output[0] in shifts:
+            shift_storage(layer)
         else:
             generic_storage(layer, node, g, shapes, new_sources)
         tally = OpTally()
