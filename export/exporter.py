@@ -245,15 +245,12 @@ def export_model(
     ``probe``: the batch of the parity check (default: fixed-seed noise [8, C, 32, 32]); it also
     fixes H and W of the input, else ``input_size`` (default 32x32) does. ``check=False`` skips
     the parity check. ``source``/``metadata`` go into the file's metadata props.
-    ``format_version``: the TernaryConv format (``micronet`` opset) of a ternary file: 2 (default)
-    fuses each block's bn1 and skip-connection Add into its two TernaryConv nodes, 1 writes them as
-    standard nodes (for readers of version 1 only). A dense file is the same for both.
+    ``format_version``: the TernaryConv format (``micronet`` opset) of a ternary file: 3 (default; each
+    assignment in ``encoding``: ``auto`` = the smallest per layer, masks, rows, entropy), 2 (masks) or 1
+    (bn1 and the skip Add as standard nodes); docs/ternary-conv.md. A dense file is the same for all.
     ``portable`` (EC2T models, not with ``ternary``): standard ONNX only, the dense layout with every
     ternary conv's codes stored as INT2 and looked up by standard ops (`export.portable`, its own
     opset/IR pins); checked in stock onnxruntime.
-    ``encoding`` (ternary, format version 3): how each TernaryConv stores its assignment: ``auto`` (the
-    smallest per layer), ``masks``, ``rows`` or ``entropy`` (docs/ternary-conv.md); versions 1 and 2
-    store masks (``auto`` or ``masks`` only).
 
     Raises `ExportError` for requests that cannot be met and `ParityError` (nothing written) when
     the file does not compute the model's function within tolerance.

@@ -39,8 +39,8 @@ class BitReader:
     """Reads fields from packed bytes; every read past the end raises `spec.FormatError`."""
 
     def __init__(self, data: np.ndarray) -> None:
-        self.bits = np.unpackbits(np.asarray(data, dtype=np.uint8), bitorder=spec.BIT_ORDER).astype(np.uint8) + 48
-        self.text = self.bits.tobytes()  # b"0" / b"1" per bit
+        data = np.asarray(data, dtype=np.uint8).reshape(-1)
+        self.text = (spec.unpack_bits(data, data.size * 8).astype(np.uint8) + 48).tobytes()  # b"0" / b"1" per bit
         self.pos = 0
         self.size = len(self.text)
 
