@@ -6,7 +6,8 @@
   reference op on every kernel and instruction set within the tolerance of tests/helpers/nodes.py;
 - non-finite inputs: one rule on every kernel and instruction set (docs/runtime.md, "Numerics"):
   a zero weight is no term; a NaN or inf under a non-zero weight propagates as in IEEE arithmetic;
-- strict readers: a mask or sign with padding bits set fails session creation naming the node.
+- strict readers: a mask or sign with padding bits set, or a damaged format-3 stream, fails session
+  creation naming the node.
 """
 
 from __future__ import annotations
@@ -201,3 +202,32 @@ def test_padding_bits_are_rejected_naming_the_node(ops_library, which):
     node = dataclasses.replace(node, packed=dataclasses.replace(p, **{which: arr}))
     with pytest.raises(Exception, match=rf"TernaryConv node 'tc': {which} has non-zero padding bits after bit {bits}"):
         create_session(node.model().SerializeToString(), threads=1)
+
+
+@pytest.mark.parametrize(("encoding", "edit", "message"), [
+    ("rows", lambda s: np.concatenate([s, [0]]), "rows stream has 1 bytes after its last field"),
+    ("rows", lambda s: s[:-1], "rows stream is truncated"),
+    ("rows", lambda s: np.concatenate([[57], s[1:]]), "rows stream header out of range"),
+    ("entropy", lambda s: np.concatenate([s, [0]]), "entropy stream is corrupt"),
+    ("entropy", lambda s: s[:6], "entropy stream is truncated"),
+    ("entropy", lambda s: np.concatenate([[0xFF, 0xFF], s[2:]]), "entropy stream model frequencies 65535"),
+])
+def test_encoded_streams_are_read_strictly_naming_the_node(ops_library, encoding, edit, message):
+    """Format version 3: a stream is checked to its last bit at session creation (the fuzz loop of
+    tests/test_encodings_runtime.py covers random damage)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from micronet_onnx.format.node import TernaryConvNode
+
+    h = random_node(np.random.default_rng(6), 3, 5, (3, 3), pads=(1, 1, 1, 1), sparsity=0.7)
+    node = TernaryConvNode.from_tensors(h.attrs, *h.input_arrays(), name="tc", x="X", output="Y")
+    proto, inits = node.choose_encoding(encoding).to_onnx()
+    inits = [numpy_helper.from_array(edit(numpy_helper.to_array(t)).astype(np.uint8), t.name)
+             if t.name == "tc.stream" else t for t in inits]
+    graph = onnx.helper.make_graph([proto], "g", [onnx.helper.make_tensor_value_info("X", 1, [1, 5, 4, 4])],
+                                   [onnx.helper.make_tensor_value_info("Y", 1, None)], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                         onnx.helper.make_opsetid(tf.DOMAIN, 3)], ir_version=8)
+    with pytest.raises(Exception, match=rf"TernaryConv node 'tc': {message}"):
+        create_session(model.SerializeToString(), threads=1)
