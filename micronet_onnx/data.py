@@ -308,13 +308,33 @@ def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Augment a float NCHW batch in [0, 1] (before normalization); every draw comes from ``gen``."""
+def _draws(gen: torch.Generator, total: int | None, rows: slice | None):
+    """Random draws for a whole batch of ``total`` images, kept for ``rows`` only.
+
+    A shard of a batch (one rank's part under DDP) draws exactly what the whole batch draws and
+    keeps its own rows, so the generator advances identically on every rank and each image gets
+    the augmentation it would get in a single process (`make_batch`'s ``shard``)."""
+    keep = slice(None) if rows is None else rows
+
+    def rand(n: int) -> torch.Tensor:
+        return torch.rand(n if total is None else total, generator=gen)[keep]
+
+    def randint(high: int, n: int) -> torch.Tensor:
+        return torch.randint(0, high, (n if total is None else total,), generator=gen)[keep]
+
+    return rand, randint
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, *, total: int | None = None,
+            rows: slice | None = None) -> torch.Tensor:
+    """Augment a float NCHW batch in [0, 1] (before normalization); every draw comes from ``gen``
+    (``x`` is rows ``rows`` of a batch of ``total`` images when both are given: `_draws`)."""
     n = x.shape[0]
     bri, con, sat, hue = cfg.jitter
+    rand, _ = _draws(gen, total, rows)
 
     def factors(amount: float) -> torch.Tensor:
-        return (1 - amount + 2 * amount * torch.rand(n, generator=gen)).view(n, 1, 1, 1)
+        return (1 - amount + 2 * amount * rand(n)).view(n, 1, 1, 1)
 
     if bri > 0:
         x = (x * factors(bri)).clamp_(0, 1)
@@ -325,28 +345,31 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
         gray = _rgb_to_gray(x)
         x = (gray + factors(sat) * (x - gray)).clamp_(0, 1)
     if hue > 0:
-        x = _adjust_hue(x, (torch.rand(n, generator=gen) * 2 - 1) * hue)
+        x = _adjust_hue(x, (rand(n) * 2 - 1) * hue)
     return x
 
 
-def spatial_augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding, horizontal flip and Cutout on a normalized NCHW batch."""
+def spatial_augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, *, total: int | None = None,
+                    rows: slice | None = None) -> torch.Tensor:
+    """Random crop with zero padding, horizontal flip and Cutout on a normalized NCHW batch (a shard
+    of a batch as in `augment`)."""
     n, _, h, w = x.shape
+    rand, randint = _draws(gen, total, rows)
     p = cfg.crop_padding
     if p > 0:
         padded = F.pad(x, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+        dy = randint(2 * p + 1, n)
+        dx = randint(2 * p + 1, n)
         rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * p)
         padded = padded.gather(2, rows)
         cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
         x = padded.gather(3, cols)
     if cfg.flip:
-        flip = torch.rand(n, generator=gen) < 0.5
+        flip = rand(n) < 0.5
         x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
     if cfg.cutout > 0:
-        cy = torch.randint(0, h, (n,), generator=gen).view(n, 1, 1)
-        cx = torch.randint(0, w, (n,), generator=gen).view(n, 1, 1)
+        cy = randint(h, n).view(n, 1, 1)
+        cx = randint(w, n).view(n, 1, 1)
         yy = torch.arange(h).view(1, h, 1)
         xx = torch.arange(w).view(1, 1, w)
         half = cfg.cutout // 2
@@ -357,12 +380,19 @@ def spatial_augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -
 
 
 def make_batch(split: Split, idx: torch.Tensor, ds: Dataset, cfg: AugmentConfig | None,
-               gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalized float batch (augmented when ``cfg`` and ``gen`` are given) and its labels."""
+               gen: torch.Generator | None, shard: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized float batch (augmented when ``cfg`` and ``gen`` are given) and its labels.
+
+    ``shard``: only these rows of the batch ``idx`` (one rank's part under DDP); the generator
+    draws for the whole batch all the same, so every rank's generator stays identical and the
+    shards put together are the batch a single process would make."""
+    total = len(idx) if shard is not None else None
+    if shard is not None:
+        idx = idx[shard]
     x = to_float(split.images[idx])
     if cfg is not None and gen is not None:
-        x = augment(x, cfg, gen)
-        x = spatial_augment(normalize(x, ds.mean, ds.std), cfg, gen)
+        x = augment(x, cfg, gen, total=total, rows=shard)
+        x = spatial_augment(normalize(x, ds.mean, ds.std), cfg, gen, total=total, rows=shard)
     else:
         x = normalize(x, ds.mean, ds.std)
     return x, split.labels[idx]

@@ -69,10 +69,12 @@ class RngState:
     cuda: list[torch.Tensor] | None = None
 
     @classmethod
-    def capture(cls, gen: torch.Generator) -> RngState:
-        """The current state of all of them (``gen`` is the data generator)."""
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        return cls(cpu=torch.get_rng_state(), data=gen.get_state(), cuda=cuda)
+    def capture(cls, gen: torch.Generator, *, cuda: bool = True) -> RngState:
+        """The current state of all of them (``gen`` is the data generator); ``cuda=False`` leaves the
+        CUDA generators out (under DDP, where each rank re-seeds them per epoch and reading all of them
+        would open a context on every GPU from every rank)."""
+        cuda_states = torch.cuda.get_rng_state_all() if cuda and torch.cuda.is_available() else None
+        return cls(cpu=torch.get_rng_state(), data=gen.get_state(), cuda=cuda_states)
 
     def restore(self, gen: torch.Generator) -> None:
         torch.set_rng_state(self.cpu)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from micronet_onnx.model import MicroNetConfig
 from micronet_onnx.training.ec2t import EC2TConfig
+from micronet_onnx.training.precision import AMP_CHOICES
 
 # Bounds checked before anything is allocated (documented in README, "Using it").
 MAX_EPOCHS = 100_000
@@ -46,6 +47,10 @@ class TrainConfig:
     freeze_epochs: int = 15
     init: str | None = None
     ec2t: dict = field(default_factory=lambda: EC2TConfig().to_dict())
+    # speed settings (`precision.py`); older checkpoints lack them and read the defaults
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
 
     def validate(self) -> TrainConfig:
         """Every field in range (also for a config read back from a checkpoint on ``resume``): finite
@@ -74,6 +79,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in (0, 20], got {value}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         if self.init is not None and not self.ternary:
             raise ValueError("--init ternarizes an existing checkpoint and needs --ternary")
         EC2TConfig.from_dict(self.ec2t).validate()

@@ -321,8 +321,10 @@ class EC2TQuantizer:
             gap_p = lam * (info[:, 2] - info[:, 1])
             gap_n = lam * (info[:, 0] - info[:, 1])
             codes = _threshold_codes(stats["w"], stats["wp"], stats["wn"], gap_p, gap_n, stats["seg"])
-            torch._foreach_copy_([layer.codes.view(-1) for _, layer in self.layers],
-                                 list(codes.split(stats["numels"])))
+            # copy_ by logical index, so codes stored channels-last (--channels-last) are written right
+            torch._foreach_copy_([layer.codes for _, layer in self.layers],
+                                 [c.view(layer.codes.shape) for c, (_, layer) in
+                                  zip(codes.split(stats["numels"]), self.layers)])
             return
         for i, (_, layer) in enumerate(self.layers):
             layer.codes.copy_(entropy_constrained_codes(layer.weight.detach(), stats["wp"][i], stats["wn"][i],

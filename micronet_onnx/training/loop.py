@@ -3,28 +3,36 @@
 A run is a list of phases. After every epoch the whole state (weights, optimizer, scheduler, the
 best-on-validation weights, both random generators) is written atomically, so a killed run loses at
 most the epoch in flight and ``resume`` continues it to the same result as an uninterrupted run.
+
+Under ``torchrun`` the same loop runs on every rank (`distributed.py` owns what differs: the process
+group, sharding, gathering, DDP); rank 0 alone logs, draws progress and writes the checkpoint, which
+holds no rank-specific state, so ``resume`` works under any world size. Steps and evaluation are in
+`step.py`, the precision and speed options in `precision.py`.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from micronet_onnx.data import AugmentConfig, Dataset, Split, iterate, load_dataset, make_batch
+from micronet_onnx.data import AugmentConfig, Dataset, load_dataset
 from micronet_onnx.model import MicroNet, MicroNetConfig, count_parameters, preset_config
+from micronet_onnx.training import distributed
 from micronet_onnx.training.checkpoint import Checkpoint, CheckpointError, RngState
 from micronet_onnx.training.config import TrainConfig
 from micronet_onnx.training.ec2t import EC2TConfig, EC2TQuantizer, is_ternary, overall_sparsity, ternarize_model
+from micronet_onnx.training.precision import Precision
+from micronet_onnx.training.progress import Progress
+from micronet_onnx.training.step import Engine, evaluate
+from micronet_onnx.training.step import train_epoch as _train_epoch  # looked up here at call time (tests patch it)
+
+__all__ = ["Progress", "TrainConfig", "evaluate", "layer_table", "resolve_device", "resolve_model_config", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,90 +50,6 @@ def resolve_model_config(cfg: TrainConfig, num_classes: int) -> MicroNetConfig:
     return preset_config(name, num_classes, cfg.depth, cfg.width, cfg.dropout)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, ds: Dataset, batch_size: int, device: torch.device) -> dict:
-    """Top-1 accuracy and mean loss of ``model`` on ``split`` (eval mode, no augmentation)."""
-    was_training = model.training
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    for idx in iterate(split, batch_size):
-        x, y = make_batch(split, idx, ds, None, None)
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    model.train(was_training)
-    n = max(len(split), 1)
-    return {"acc": correct / n, "loss": loss_sum / n}
-
-
-class Progress:
-    """Live progress of a run on a terminal; nothing at all off one.
-
-    On a terminal (rich, which typer brings): one bar per phase (epochs done, elapsed, ETA) and one
-    per epoch (steps, loss, accuracy, images/s, and the sparsity of the last epoch in the ternary
-    phases). The run's log lines (one per epoch, `_epoch_line`) print above the bars. Off a terminal
-    (CI, ``| tee``) it draws nothing, so the log stays exactly one plain line per epoch.
-    """
-
-    def __init__(self, enabled: bool = False) -> None:
-        self.enabled = enabled
-        self._bars: Any = None
-        self._phase_task: Any = None
-        self._epoch_task: Any = None
-        self._start = time.perf_counter()
-        self._sparsity = ""
-
-    @staticmethod
-    def terminal() -> bool:
-        """Whether stdout and stderr are both a terminal (the bars draw on stderr, the log on stdout)."""
-        return all(hasattr(s, "isatty") and s.isatty() for s in (sys.stdout, sys.stderr))
-
-    @contextmanager
-    def phase(self, phase: str, n_epochs: int, done: int) -> Iterator[None]:
-        """The bars of one phase, live while its epochs run."""
-        if not self.enabled:
-            yield
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-        from rich.progress import Progress as Bars
-
-        self._sparsity = ""
-        # markup off: the labels are "[fp] epochs", "[ec2t 3/20]", which rich would read as style tags
-        self._bars = Bars(TextColumn("{task.description:<14}", markup=False), BarColumn(bar_width=30),
-                          MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                          TextColumn("{task.fields[info]}"), console=Console(stderr=True))
-        with self._bars:
-            self._phase_task = self._bars.add_task(f"[{phase}] epochs", total=n_epochs, completed=done, info="")
-            try:
-                yield
-            finally:
-                self._bars = None
-
-    def epoch_start(self, label: str, steps: int) -> None:
-        self._start = time.perf_counter()
-        if self._bars is not None:
-            if self._epoch_task is not None and self._epoch_task in self._bars.task_ids:
-                self._bars.remove_task(self._epoch_task)
-            self._epoch_task = self._bars.add_task(label, total=steps, info="")
-
-    def update(self, step: int, seen: int, loss: float, acc: float) -> None:
-        if self._bars is None:
-            return
-        rate = seen / max(time.perf_counter() - self._start, 1e-9)
-        info = f"loss {loss:.4f} acc {acc * 100:5.1f}% {rate:7.1f} img/s{self._sparsity}"
-        self._bars.update(self._epoch_task, completed=step, info=info)
-
-    def epoch_end(self, row: dict) -> None:
-        if self._bars is None:
-            return
-        if "sparsity" in row:
-            self._sparsity = f" sparsity {row['sparsity'] * 100:.1f}%"
-        self._bars.update(self._phase_task, advance=1,
-                          info=f"val {row['val_acc'] * 100:5.1f}%{self._sparsity}")
-
-
 def _optimizer(phase: str, model: nn.Module, cfg: TrainConfig, quantizer: EC2TQuantizer | None):
     if phase == "fp":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
@@ -139,7 +63,8 @@ def _no_best() -> dict[str, Any]:
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    """A CPU copy of the state dict in the standard (contiguous) layout, whatever --channels-last did."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 @dataclass
@@ -149,7 +74,7 @@ class _Run:
     cfg: TrainConfig
     output: Path
     log: Callable[[str], None]
-    device: torch.device
+    engine: Engine
     ds: Dataset
     mcfg: MicroNetConfig
     ec2t_cfg: EC2TConfig
@@ -167,14 +92,24 @@ class _Run:
     history: list[dict] = field(default_factory=list)  # per epoch, the full record (Checkpoint.history)
     progress: Progress = field(default_factory=Progress)
 
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
 
 def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False,
-          log: Callable[[str], None] = print, progress: bool | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] = print, progress: bool | None = None,
+          check_sync: bool = False) -> dict[str, Any]:
     """Run (or continue) a training run and return its results; the checkpoint is ``output``.
 
     ``log`` gets the plain lines (one per epoch); ``progress`` draws live bars (`Progress`), by
-    default only when stdout and stderr are a terminal."""
+    default only when stdout and stderr are a terminal. Under torchrun (``WORLD_SIZE`` > 1) every
+    rank calls this; only rank 0 logs and writes. ``check_sync`` compares a checksum of the whole
+    model state across ranks after every step (`distributed.check_in_sync`; a debugging aid)."""
     output = Path(output)
+    ctx = distributed.Context.from_env()
+    if not ctx.is_main:
+        log, progress = (lambda s: None), False
     ckpt = None
     if resume:
         ckpt = Checkpoint.load(output)
@@ -184,23 +119,34 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False,
         ckpt.require_training_state()
         assert ckpt.train_config is not None
         cfg = ckpt.train_config
-    run = _start(cfg.validate(), output, log)
-    run.progress = Progress(Progress.terminal() if progress is None else progress)
-    start_phase, start_epoch = _resume(run, ckpt) if ckpt is not None else (0, 0)
-    run.model.to(run.device)
-    mcfg, ds = run.mcfg, run.ds
-    log(f"model {run.cfg.model} depth {mcfg.depth:.4g} width {mcfg.width:.4g}: widths {mcfg.widths}, "
-        f"{mcfg.blocks_per_stage} blocks/stage, {run.results['parameters']:,} parameters; dataset {ds.name}: "
-        f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test; device {run.device}")
-    run.global_epoch = sum(n for _, n in run.phases[:start_phase]) + start_epoch
-    for pi in range(start_phase, len(run.phases)):
-        _run_phase(run, pi, start_epoch if pi == start_phase else 0)
-    return _finish(run)
+    cfg = cfg.validate()
+    device = distributed.device_for(ctx, resolve_device(cfg.device))
+    precision = Precision(cfg.amp, cfg.channels_last, cfg.compile, device.type).check()
+    with distributed.process_group(ctx, device):
+        run = _start(cfg, output, log, Engine(device, ctx, precision, check_sync))
+        run.progress = Progress(Progress.terminal() if progress is None else progress)
+        start_phase, start_epoch = _resume(run, ckpt) if ckpt is not None else (0, 0)
+        precision.model(run.model.to(device))
+        _log_start(run)
+        run.global_epoch = sum(n for _, n in run.phases[:start_phase]) + start_epoch
+        for pi in range(start_phase, len(run.phases)):
+            _run_phase(run, pi, start_epoch if pi == start_phase else 0)
+        results = _finish(run)
+        distributed.barrier()  # the last checkpoint is in place when any rank returns
+    return results
 
 
-def _start(cfg: TrainConfig, output: Path, log: Callable[[str], None]) -> _Run:
+def _log_start(run: _Run) -> None:
+    mcfg, ds, ctx = run.mcfg, run.ds, run.engine.ctx
+    ranks = f" x {ctx.world_size} ranks (global batch {run.cfg.batch_size})" if ctx.distributed else ""
+    amp = f", amp {run.cfg.amp}" if run.cfg.amp != "off" else ""
+    run.log(f"model {run.cfg.model} depth {mcfg.depth:.4g} width {mcfg.width:.4g}: widths {mcfg.widths}, "
+            f"{mcfg.blocks_per_stage} blocks/stage, {run.results['parameters']:,} parameters; dataset {ds.name}: "
+            f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test; device {run.device}{ranks}{amp}")
+
+
+def _start(cfg: TrainConfig, output: Path, log: Callable[[str], None], engine: Engine) -> _Run:
     """Data, model (from ``--init`` when given) and random generators of a fresh run."""
-    device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.data_dir, download_missing=cfg.download, val_fraction=cfg.val_fraction)
     mcfg = resolve_model_config(cfg, ds.num_classes)
     ec2t_cfg = EC2TConfig.from_dict(cfg.ec2t).validate()
@@ -218,7 +164,7 @@ def _start(cfg: TrainConfig, output: Path, log: Callable[[str], None]) -> _Run:
             raise ValueError(f"--init {cfg.init} holds a different model shape than --model/--depth/--width ask for")
         model.load_state_dict(init_model.state_dict())
     results: dict[str, Any] = {"parameters": count_parameters(model), "model_config": mcfg.to_dict()}
-    return _Run(cfg=cfg, output=output, log=log, device=device, ds=ds, mcfg=mcfg, ec2t_cfg=ec2t_cfg, aug=aug,
+    return _Run(cfg=cfg, output=output, log=log, engine=engine, ds=ds, mcfg=mcfg, ec2t_cfg=ec2t_cfg, aug=aug,
                 gen=gen, model=model, phases=cfg.phases(), results=results)
 
 
@@ -258,22 +204,25 @@ def _enter_phase(run: _Run, pi: int, phase: str) -> None:
         model.load_state_dict(run.best_state)
     if phase == "ec2t" and not is_ternary(model):
         ternarize_model(model, run.ec2t_cfg)
-        model.to(run.device)
+        run.engine.precision.model(model.to(run.device))
     run.best, run.best_state, run.opt_state, run.sched_state = _no_best(), None, None, None
     if phase == "frozen":
         # same assignment as the weights it starts from, so those stay a candidate: the
         # frozen phase can only improve the selected model on validation
-        val = evaluate(model, run.ds.val, run.ds, run.cfg.batch_size, run.device)
+        val = evaluate(model, run.ds.val, run.ds, run.cfg.batch_size, run.device, run.engine)
         run.best = {"val_acc": val["acc"], "epoch": run.global_epoch}
         run.best_state = _cpu_state(model)
 
 
 def _phase_optimizer(run: _Run, phase: str, n_epochs: int):
-    """(quantizer or None, optimizer, scheduler or None) of a phase, continuing saved state if any."""
-    model, cfg = run.model, run.cfg
+    """(quantizer or None, optimizer, scheduler or None) of a phase, continuing saved state if any;
+    and the phase's module to train (`distributed.wrap_model`, torch.compile) into ``run.engine``."""
+    model, cfg, engine = run.model, run.cfg, run.engine
     quantizer = EC2TQuantizer(model, run.ec2t_cfg) if phase != "fp" else None
     if quantizer is not None and phase == "frozen":
         quantizer.freeze()
+    engine.net = engine.precision.compiled(distributed.wrap_model(model, run.device))
+    engine.scaler = engine.precision.scaler()
     optimizer = _optimizer(phase, model, cfg, quantizer)
     steps_per_epoch = math.ceil(len(run.ds.train) / cfg.batch_size)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, n_epochs * steps_per_epoch))
@@ -294,9 +243,11 @@ def _run_epoch(run: _Run, phase: str, epoch: int, n_epochs: int, optimizer, sche
                quantizer: EC2TQuantizer | None) -> None:
     """One training epoch, validation, model selection, log line and checkpoint."""
     model, cfg, ds = run.model, run.cfg, run.ds
-    row = _train_epoch(model, ds, run.aug, cfg, optimizer, scheduler, quantizer, run.gen, run.device,
+    if run.engine.ctx.distributed:  # dropout: a per-rank stream that a resumed run draws again
+        torch.manual_seed(distributed.epoch_seed(cfg.seed, run.global_epoch, run.engine.ctx.rank))
+    row = _train_epoch(run.engine, model, ds, run.aug, cfg.batch_size, optimizer, scheduler, quantizer, run.gen,
                        progress=run.progress, label=f"[{phase} {epoch + 1}/{n_epochs}]")
-    val = evaluate(model, ds.val, ds, cfg.batch_size, run.device)
+    val = evaluate(model, ds.val, ds, cfg.batch_size, run.device, run.engine)
     row.update(phase=phase, epoch=run.global_epoch + 1, val_acc=val["acc"], val_loss=val["loss"])
     layer_stats: list[dict] = []
     if quantizer is not None:
@@ -321,8 +272,8 @@ def _phase_summary(run: _Run, phase: str, quantizer: EC2TQuantizer | None) -> No
     model, cfg, ds = run.model, run.cfg, run.ds
     if run.best_state is not None:
         model.load_state_dict(run.best_state)
-    test = evaluate(model, ds.test, ds, cfg.batch_size, run.device)
-    val = evaluate(model, ds.val, ds, cfg.batch_size, run.device)
+    test = evaluate(model, ds.test, ds, cfg.batch_size, run.device, run.engine)
+    val = evaluate(model, ds.val, ds, cfg.batch_size, run.device, run.engine)
     summary = {"val_acc": val["acc"], "test_acc": test["acc"], "best_epoch": run.best["epoch"]}
     if quantizer is not None:
         summary["sparsity"] = overall_sparsity(model)
@@ -342,33 +293,6 @@ def _finish(run: _Run) -> dict[str, Any]:
     _save(run, final_phase, phases[-1][1] if phases else 0, None, None, ternary=is_ternary(run.model),
           complete=True)
     return run.results
-
-
-def _train_epoch(model, ds, aug, cfg, optimizer, scheduler, quantizer, gen, device, progress: Progress,
-                 label: str) -> dict:
-    model.train()
-    progress.epoch_start(label, math.ceil(len(ds.train) / cfg.batch_size))
-    seen, correct, loss_sum, step = 0, 0, 0.0, 0
-    t0 = time.perf_counter()
-    for step, idx in enumerate(iterate(ds.train, cfg.batch_size, shuffle_gen=gen), start=1):
-        x, y = make_batch(ds.train, idx, ds, aug, gen)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if quantizer is not None:
-            quantizer.after_step()
-        seen += len(y)
-        correct += int((logits.detach().argmax(1) == y).sum())
-        loss_sum += float(loss.detach()) * len(y)
-        progress.update(step, seen, loss_sum / seen, correct / seen)
-    elapsed = time.perf_counter() - t0
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
 
 
 def _stage_sparsity(layer_stats: list[dict], model: MicroNet) -> list[float]:
@@ -415,9 +339,13 @@ def _epoch_line(row: dict) -> str:
 
 def _save(run: _Run, phase: str, phase_epoch: int, optimizer, scheduler, *, ternary: bool,
           complete: bool = False) -> None:
+    """Rank 0 writes the checkpoint (atomically); the other ranks hold the same state and write nothing."""
+    if not run.engine.ctx.is_main:
+        return
     Checkpoint(
         model_config=run.mcfg,
-        state_dict={k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        # the unwrapped model's keys (no DDP "module." prefix), contiguous whatever --channels-last did
+        state_dict={k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()},
         ternary=run.ec2t_cfg if ternary else None,
         best_state_dict=run.best_state,
         train_config=run.cfg,
@@ -426,7 +354,8 @@ def _save(run: _Run, phase: str, phase_epoch: int, optimizer, scheduler, *, tern
         scheduler=scheduler.state_dict() if scheduler is not None else None,
         phase=phase,
         phase_epoch=phase_epoch,
-        rng=RngState.capture(run.gen),
+        # CUDA generators only for one process: under DDP dropout is re-seeded per epoch and rank
+        rng=RngState.capture(run.gen, cuda=not run.engine.ctx.distributed),
         metrics=run.metrics,
         history=run.history,
         results=run.results,
