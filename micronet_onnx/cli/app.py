@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def main_callback(
 
 @app.command()
 def train(
+    typer_ctx: typer.Context,
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint path (written atomically every epoch)."),
     dataset: str = typer.Option("digits", help="digits (embedded, offline), cifar10 or cifar100."),
     data_dir: Path | None = typer.Option(None, help="Folder holding cifar-10-batches-py/ or cifar-100-python/."),
@@ -53,7 +55,8 @@ def train(
     width: float | None = typer.Option(None, help="Width multiplier w (channels 16w/32w/64w, rounded to 8)."),
     dropout: float = typer.Option(0.2, help="Dropout inside the blocks."),
     epochs: int = typer.Option(250, help="Full-precision epochs (SGD, Nesterov, cosine)."),
-    batch_size: int = typer.Option(128, help="Mini-batch size."),
+    batch_size: int = typer.Option(128, help="Mini-batch size, global: under torchrun it is split over the "
+                                   "ranks, so results do not depend on their number (docs/reproduce.md)."),
     lr: float = typer.Option(0.1, help="Full-precision learning rate."),
     momentum: float = typer.Option(0.9, help="SGD Nesterov momentum."),
     weight_decay: float = typer.Option(5e-4, help="Full-precision weight decay."),
@@ -72,10 +75,18 @@ def train(
     lr_centroids: float = typer.Option(1e-5, help="EC2T Adam lr of the centroids w_p, w_n."),
     lr_other: float = typer.Option(1e-4, help="EC2T Adam lr of the non-quantized parameters."),
     wn_grad: str = typer.Option("true", help="Gradient of w_n: 'true' (d loss/d w_n) or 'ttq' (the reference sign)."),
+    recipe: str | None = typer.Option(None, help="paper-c100 or paper-c10: the published settings "
+                                      "(docs/reproduce.md); options given explicitly override it."),
+    amp: str = typer.Option("off", help="Mixed precision: off, bf16 or fp16 (autocast; fp16 with loss scaling)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory format for model and batches."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the training module."),
+    check_sync: bool = typer.Option(False, "--check-sync", help="Under torchrun: compare a checksum of the "
+                                    "model state across ranks after every step (slow; a debugging aid)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines or progress bars."),
 ) -> None:
-    """Train MicroNet in full precision, optionally followed by EC2T ternarization."""
+    """Train MicroNet in full precision, optionally followed by EC2T ternarization (under torchrun:
+    `torchrun --nproc-per-node N -m micronet_onnx train ...`, data parallel, rank 0 writes)."""
     from micronet_onnx.data import CIFAR
     from micronet_onnx.training.config import check_model_size
     from micronet_onnx.training.ec2t import EC2TConfig
@@ -98,11 +109,22 @@ def train(
             batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, augment=augment,
             device=device, seed=seed, ternary=ternary, ternary_epochs=ternary_epochs,
             freeze_epochs=freeze_epochs, init=str(init) if init else None, ec2t=ec2t.to_dict(),
-        ).validate()
+            amp=amp, channels_last=channels_last, compile=compile_model,
+        )
+        if recipe is not None:
+            from micronet_onnx.training.recipes import apply_recipe
+
+            cfg = apply_recipe(cfg, recipe, explicit_options(typer_ctx))
+            dataset = cfg.dataset
+        cfg = cfg.validate()
+        EC2TConfig.from_dict(cfg.ec2t).validate()
         if not resume and init is None:  # a resumed or --init run's model comes from a checked checkpoint
             check_model_size(resolve_model_config(cfg, CIFAR[dataset].num_classes if dataset in CIFAR else 10))
         log = (lambda s: None) if quiet else (lambda s: typer.echo(s, err=True)) if json_out else typer.echo
-        results = run_training(cfg, output, resume=resume, log=log, progress=False if quiet else None)
+        results = run_training(cfg, output, resume=resume, log=log, progress=False if quiet else None,
+                               check_sync=check_sync)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone reports
+        return
     if json_out:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -315,6 +337,16 @@ def bench_cmd(
 app.command("plot")(plot_cmd)
 app.command("report")(report_cmd)
 app.command("optimize")(optimize_command)
+
+
+def explicit_options(ctx: typer.Context) -> set[str]:
+    """Names of the options the user passed (command line or environment), not left at their default."""
+    out = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            out.add(name)
+    return out
 
 
 def _check_bench_outputs(preset: str, sparsities: list[float], out_dir: Path) -> None:
