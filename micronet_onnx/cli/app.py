@@ -250,9 +250,10 @@ def bench_ec2t(
     batch_size: int = typer.Option(32, help="Batch size of both steps."),
     repeats: int = typer.Option(10, help="Timed steps of each kind (medians are reported)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    amp: str = typer.Option("off", help="Autocast of both steps: off, bf16 or fp16 (as mnx train --amp)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Time one EC2T training step against one full-precision step (same model and batch)."""
+    """Time one EC2T training step against one full-precision step (same model and batch; images/s)."""
     from micronet_onnx.model import PRESETS, preset_config
     from micronet_onnx.training.bench_step import bench_ec2t_step, render
     from micronet_onnx.training.config import MAX_BATCH_SIZE, check_model_size
@@ -268,7 +269,8 @@ def bench_ec2t(
             classes = (PRESETS.get(model) or (0, 0, None))[2] or 10
         cfg = preset_config(model, classes, None if paper else depth, None if paper else width).validate()
         check_model_size(cfg)
-        report = bench_ec2t_step(cfg, batch_size=batch_size, repeats=repeats, device=str(resolve_device(device)))
+        report = bench_ec2t_step(cfg, batch_size=batch_size, repeats=repeats, device=str(resolve_device(device)),
+                                 amp=amp)
     typer.echo(json.dumps(report, indent=2) if json_out else render(report))
 
 

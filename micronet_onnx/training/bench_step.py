@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from micronet_onnx.model import MicroNet, MicroNetConfig
 from micronet_onnx.training.ec2t import EC2TConfig, EC2TQuantizer, ternarize_model
+from micronet_onnx.training.precision import Precision
 
 
 def _sync(device: torch.device) -> None:
@@ -24,9 +25,11 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_ec2t_step(config: MicroNetConfig, batch_size: int = 32, repeats: int = 10, warmup: int = 2,
-                    device: str = "cpu", seed: int = 0) -> dict:
-    """Median seconds per full-precision step, per EC2T step and per EC2T after-step update."""
+                    device: str = "cpu", seed: int = 0, amp: str = "off") -> dict:
+    """Median seconds per full-precision step, per EC2T step and per EC2T after-step update (forward
+    and loss under ``--amp``'s autocast, as in training; the EC2T update stays float32)."""
     dev = torch.device(device)
+    precision = Precision(amp=amp, device_type=dev.type).check()
     torch.manual_seed(seed)
     fp_model = MicroNet(config).to(dev).train()
     tern_model = ternarize_model(copy.deepcopy(fp_model), EC2TConfig()).to(dev).train()
@@ -38,12 +41,16 @@ def bench_ec2t_step(config: MicroNetConfig, batch_size: int = 32, repeats: int =
 
     def fp_step() -> None:
         fp_opt.zero_grad(set_to_none=True)
-        F.cross_entropy(fp_model(x), y).backward()
+        with precision.autocast():
+            loss = F.cross_entropy(fp_model(x), y)
+        loss.backward()
         fp_opt.step()
 
     def ec2t_step() -> float:
         tern_opt.zero_grad(set_to_none=True)
-        F.cross_entropy(tern_model(x), y).backward()
+        with precision.autocast():
+            loss = F.cross_entropy(tern_model(x), y)
+        loss.backward()
         tern_opt.step()
         _sync(dev)
         t = time.perf_counter()
@@ -74,6 +81,8 @@ def bench_ec2t_step(config: MicroNetConfig, batch_size: int = 32, repeats: int =
         "batch_size": batch_size,
         "repeats": repeats,
         "device": str(dev),
+        "amp": amp,
+        "images_per_s": {"fp": batch_size / fp_med, "ec2t": batch_size / ec2t_med},
         "threads": torch.get_num_threads(),
         "fp_step_s": fp_med,
         "ec2t_step_s": ec2t_med,
@@ -86,9 +95,11 @@ def render(report: dict) -> str:
     m = report["model"]
     return "\n".join([
         f"model depth {m['depth']:.4g} width {m['width']:.4g} ({report['ternary_layers']} ternary layers), "
-        f"batch {report['batch_size']}, {report['device']}, {report['threads']} threads, "
+        f"batch {report['batch_size']}, {report['device']}, amp {report.get('amp', 'off')}, "
+        f"{report['threads']} threads, "
         f"median of {report['repeats']}",
-        f"  full-precision step  {report['fp_step_s'] * 1e3:9.2f} ms",
+        f"  full-precision step  {report['fp_step_s'] * 1e3:9.2f} ms"
+        f"  ({report['batch_size'] / report['fp_step_s']:.0f} images/s)",
         f"  EC2T step            {report['ec2t_step_s'] * 1e3:9.2f} ms"
         f"  (of which floor + re-assignment {report['ec2t_update_s'] * 1e3:.2f} ms)",
         f"  ratio EC2T / fp      {report['ratio']:9.3f}   (target <= 1.2)",
