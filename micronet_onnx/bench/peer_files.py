@@ -15,11 +15,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
 from micronet_onnx.bench.peer_data import PeerData
-from micronet_onnx.bench.quantize import QdqInfo, build_qdq
+
+if TYPE_CHECKING:  # onnxruntime.quantization takes a second to import: only when the QDQ file is built
+    from micronet_onnx.bench.quantize import QdqInfo
 
 
 @dataclass
@@ -69,6 +72,7 @@ def build_peer_files(ternary: str | os.PathLike[str], folder: str | os.PathLike[
     """Every file of the module docstring for the TernaryConv file ``ternary``, written under ``folder``
     (the caller's scratch folder). ``torch_model``: the PyTorch model ``ternary`` was exported from
     (None: no portable file)."""
+    from micronet_onnx.bench.quantize import build_qdq
     from micronet_onnx.bench.twin import dense_twin
 
     folder = Path(folder)

@@ -165,16 +165,16 @@ def contestants(kernel: str | None = None) -> list[Contestant]:
     compared with, then the peers. ``kernel`` forces our library's kernel (None: auto)."""
     ours_kernel = kernel or "auto"
     return [
-        Ours(OURS, f"ours: TernaryConv, kernel {ours_kernel}", "ternary", "fp32", kernel=kernel),
-        Ours("ours-optimized", f"ours: after mnx optimize, kernel {ours_kernel}", "optimized", "fp32", kernel=kernel),
-        StockOrt("onnxruntime-fp32", "onnxruntime fp32, dense twin", "dense", "fp32"),
-        StockOrt("onnxruntime-int8", "onnxruntime static int8 (QDQ)", "qdq", "int8"),
-        StockOrt("onnxruntime-portable", "onnxruntime, portable file (INT2)", "portable", "fp32"),
-        OpenVino("openvino", "OpenVINO default precision, dense twin", "dense", "default"),
-        OpenVino("openvino-fp32", "OpenVINO fp32, dense twin", "dense", "fp32",
+        Ours(OURS, f"ours (kernel {ours_kernel})", "ternary", "fp32", kernel=kernel),
+        Ours("ours-optimized", f"ours, mnx optimize (kernel {ours_kernel})", "optimized", "fp32", kernel=kernel),
+        StockOrt("onnxruntime-fp32", "onnxruntime fp32 (dense twin)", "dense", "fp32"),
+        StockOrt("onnxruntime-int8", "onnxruntime int8 (QDQ)", "qdq", "int8"),
+        StockOrt("onnxruntime-portable", "onnxruntime portable (INT2)", "portable", "fp32"),
+        OpenVino("openvino", "OpenVINO default (dense twin)", "dense", "default"),
+        OpenVino("openvino-fp32", "OpenVINO fp32 (dense twin)", "dense", "fp32",
                  config=(("INFERENCE_PRECISION_HINT", "f32"),)),
-        OpenVino("openvino-int8", "OpenVINO int8 (the QDQ file)", "qdq", "int8"),
-        OpenVino("openvino-portable", "OpenVINO, portable file (INT2)", "portable", "default"),
+        OpenVino("openvino-int8", "OpenVINO int8 (QDQ)", "qdq", "int8"),
+        OpenVino("openvino-portable", "OpenVINO portable (INT2)", "portable", "default"),
     ]
 
 

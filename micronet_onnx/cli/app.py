@@ -286,6 +286,11 @@ def bench_cmd(
     checkpoint: Path | None = typer.Option(None, help="Also time this PyTorch checkpoint (eager, same threads)."),
     kernel: str = typer.Option("auto", help="MICRONET_TERNARY_KERNEL: auto, sparse, dense, portable or direct."),
     layers: bool = typer.Option(False, "--layers", help="Per-layer microbenchmark over MicroNet's conv shapes."),
+    peers: bool = typer.Option(False, "--peers", help="Against what users pick instead: onnxruntime fp32 and static "
+                               "int8, the portable file, OpenVINO (docs/runtime.md, \"Peers\"). MODEL may be a "
+                               "checkpoint; --checkpoint gives the portable file's source."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="--peers: folder holding the CIFAR data set "
+                                         "(default: the embedded digits)."),
     out_dir: Path = typer.Option(Path("runs/bench"), help="Where --random writes (and reuses) its models."),
     json_out: bool = typer.Option(False, "--json", help="Print the report(s) as JSON."),
 ) -> None:
@@ -317,7 +322,11 @@ def bench_cmd(
         kwargs = dict(batches=batch, threads=threads, repeats=repeats, checkpoint=checkpoint,
                       kernel=None if kernel == "auto" else kernel)
         try:
-            if layers:
+            if peers:
+                from .peers import peer_reports
+
+                reports = peer_reports(model, random, sparsity, data_dir=data_dir, layers=layers, **kwargs)
+            elif layers:
                 with bench.kernel_env(None if kernel == "auto" else kernel):
                     reports = [bench.bench_layers(sparsities=sparsity, batch=batch[0], threads=threads[0],
                                                   repeats=repeats)]
@@ -331,6 +340,8 @@ def bench_cmd(
     if json_out:
         typer.echo(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return
+    if peers:
+        from .peers_view import render_peers as render_model
     render = render_layers if layers else render_model
     typer.echo("\n\n".join((f"sparsity {r['sparsity'] * 100:.0f}%\n" if "sparsity" in r else "") + render(r)
                             for r in reports))
