@@ -108,7 +108,7 @@ MUTATIONS = {
     "float_weight_shape": _float_ws, "float_group": _float_group, "string_weight_shape": _string_ws,
     "two_outputs": _two_outputs, "float64_x": _f64_input, "mask_graph_input": _mask_graph_input,
     "ir99": _set("ir_version", 99), "ir0": _set("ir_version", 0), "no_import": _drop_micronet_import,
-    "opset3": _set_micronet_opset(3), "opset99": _set_micronet_opset(99), "in_if": _in_if,
+    "opset4": _set_micronet_opset(4), "opset99": _set_micronet_opset(99), "in_if": _in_if,
 }
 # what the scorer refuses, and what the runtime refuses (an If body runs fine: only scoring refuses it)
 RUNTIME_ACCEPTS = {"in_if"}
