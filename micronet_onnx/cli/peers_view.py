@@ -26,6 +26,14 @@ def _accuracy_cells(c: dict) -> list[str]:
     return [top1, f"{c['agreement_with_fp32'] * 100:.1f} %", f"{c['max_abs_logit_diff']:.3g}"]
 
 
+def _qdq_line(qdq: dict | None) -> str:
+    if not qdq:
+        return "no QDQ file"
+    weights = "7-bit weights (no VNNI on this CPU)" if qdq.get("reduce_range") else "8-bit weights"
+    return (f"QDQ, {qdq['activation_type']} activations, {weights}, {qdq['per_channel_weights']} weights per "
+            f"channel, {qdq['calibration']}, {', '.join(qdq['not_quantized'])} left in float")
+
+
 def render_peers(report: dict, width: int | None = None) -> str:
     """A text table of one `bench_peers` report."""
     from rich import box
@@ -60,7 +68,7 @@ def render_peers(report: dict, width: int | None = None) -> str:
         f"model: {report['model']}  (our kernel: {report['kernel']})",
         machine_line(report, f"interleaved rounds, {report['settle_seconds']:g} s pause before each measurement"),
         f"images: {data['description']}",
-        f"int8 calibration: {data['calibration']}",
+        f"int8: {_qdq_line(report.get('qdq'))}; calibrated on {data['calibration']}",
         "runtimes: " + ", ".join(dict.fromkeys(c["runtime"] for c in report["contestants"])),
         out.getvalue().rstrip(),
         "x ours: images/s over ours' at the same batch and threads (below 1: slower than ours); argmax = fp32 and "
