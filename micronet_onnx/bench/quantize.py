@@ -123,6 +123,19 @@ def qdq_info(model: onnx.ModelProto) -> QdqInfo:
                    per_channel_weights=per_channel)
 
 
+def _drop_unused_imports(path: Path) -> None:
+    """Keep only the opset imports the graph's nodes use. The pre-processing saves onnxruntime's optimized
+    model, which imports every domain the process's onnxruntime knows: after a session with our library
+    that includes ``micronet`` (registered up to version 1000), which a stock session then refuses."""
+    model = onnx.load(os.fspath(path))
+    used = {n.domain for n in model.graph.node} | {"", "ai.onnx"}
+    keep = [o for o in model.opset_import if o.domain in used]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        onnx.save(model, os.fspath(path))
+
+
 def build_qdq(dense: onnx.ModelProto, path: str | os.PathLike[str], calibration: np.ndarray, *,
               input_name: str | None = None, reduce_range: bool | None = None) -> QdqInfo:
     """Write the static int8 QDQ form of ``dense`` (a standard float32 model) to ``path``, calibrated on
@@ -140,11 +153,13 @@ def build_qdq(dense: onnx.ModelProto, path: str | os.PathLike[str], calibration:
     reduce = needs_reduce_range() if reduce_range is None else reduce_range
     with _quiet():
         quant_pre_process(dense, os.fspath(pre))
+        _drop_unused_imports(pre)
         quantize_static(os.fspath(pre), os.fspath(path), ImageReader(name, calibration),
                         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce,
                         activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, op_types_to_quantize=ops)
     pre.unlink(missing_ok=True)
+    _drop_unused_imports(path)
     info = qdq_info(onnx.load(os.fspath(path)))
     info.reduce_range = reduce
     return info
