@@ -23,6 +23,12 @@ def render(report) -> str:
         lines.append(f"left as they were: {len(report.left)}")
         lines += [f"  {x.node}: {x.op_type} {x.op_name!r} ({x.kind.replace('_', ' ')}): {x.reason}"
                   for x in report.left]
+    if report.reencoded:
+        before = sum(x.bytes_in for x in report.reencoded)
+        after = sum(x.bytes_out for x in report.reencoded)
+        lines.append(f"re-encoded: {len(report.reencoded)} nodes, assignment {before:,} -> {after:,} bytes")
+        lines += [f"  {x.node}: {x.encoding_in} -> {x.encoding_out} ({x.bytes_in:,} -> {x.bytes_out:,} bytes)"
+                  for x in report.reencoded]
     p = report.parity
     if p is not None:
         lines.append(f"parity (reference evaluator, probe {p.probe_shapes}): max |diff| {p.max_abs_diff:.3g} "
@@ -31,24 +37,28 @@ def render(report) -> str:
 
 
 def optimize_command(
-    model: Path = typer.Argument(..., help="ONNX file holding micronet::TernaryConv nodes (format 1 or 2)."),
+    model: Path = typer.Argument(..., help="ONNX file holding micronet::TernaryConv nodes (any format version)."),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write (atomically)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output instead of refusing."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    encoding: str = typer.Option("auto", "--encoding", help="How each node's assignment is stored: auto (the "
+                                 "cheapest per node), keep (as in the input), masks, rows or entropy."),
 ) -> None:
     """Fuse the standard ops around each TernaryConv (BatchNorm/Mul/Add, Relu, residual Add) into the node,
     in the current format, checked against the input in the reference op (docs/optimize.md)."""
     import onnx
 
-    from micronet_onnx.optimize import OptimizeError, optimize_model
+    from micronet_onnx.optimize import ENCODING_REQUESTS, OptimizeError, optimize_model
 
     with error_boundary():
         if not model.is_file():
             fail(f"no such file: {model}")
+        if encoding not in ENCODING_REQUESTS:
+            fail(f"--encoding must be one of {', '.join(ENCODING_REQUESTS)}, got {encoding!r}", 2)
         check_output(output, inputs=(model,), force=force)
         proto = onnx.load(str(model))
         try:
-            result, report = optimize_model(proto)
+            result, report = optimize_model(proto, encoding=encoding)
         except OptimizeError as e:
             fail(first_line(e), 1)
         if report.ternary_nodes == 0:

@@ -2,8 +2,14 @@
 writer) into the current format with the fusions our exporter makes (docs/optimize.md)."""
 
 from micronet_onnx.optimize.parity import ProbeError
-from micronet_onnx.optimize.passes import OptimizeError, optimize_model, would_optimize
-from micronet_onnx.optimize.report import Fusion, OptimizeReport, Parity, Refusal
+from micronet_onnx.optimize.passes import (
+    ENCODING_REQUESTS,
+    KEEP_ENCODING,
+    OptimizeError,
+    optimize_model,
+    would_optimize,
+)
+from micronet_onnx.optimize.report import Fusion, OptimizeReport, Parity, Reencoding, Refusal
 
-__all__ = ["Fusion", "OptimizeError", "OptimizeReport", "Parity", "ProbeError", "Refusal", "optimize_model",
-           "would_optimize"]
+__all__ = ["ENCODING_REQUESTS", "KEEP_ENCODING", "Fusion", "OptimizeError", "OptimizeReport", "Parity",
+           "ProbeError", "Reencoding", "Refusal", "optimize_model", "would_optimize"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-from micronet_onnx.format import spec, versions
+from micronet_onnx.format import encodings, spec, versions
 from micronet_onnx.format.node import ATTR_TYPES, TernaryConvNode, is_ternary_conv
 from micronet_onnx.optimize import report as r
 from micronet_onnx.optimize.graph import Uses, constant_node_value, constants_of, node_io
@@ -22,6 +22,11 @@ from micronet_onnx.optimize.rules import Context, Entry, Plan, Slot, input_affin
 from micronet_onnx.optimize.shapes import symbolic_shapes
 
 RULES = (input_affine, output_side)
+
+
+KEEP_ENCODING = "keep"
+# `optimize_model`'s ``encoding``: keep each node's, the cheapest per node (auto), or one for all.
+ENCODING_REQUESTS = (encodings.AUTO, KEEP_ENCODING, *spec.ENCODINGS)
 
 
 class OptimizeError(ValueError):
@@ -116,7 +121,8 @@ def _emit(slot: Slot, taken: set[str]) -> tuple[onnx.NodeProto, list[onnx.Tensor
         if pos not in slot.changed and orig[pos]:
             names[pos] = orig[pos]
             continue
-        base, k = f"{prefix}.{spec.INPUT_NAMES[pos]}", 0
+        what = tensor.name.rsplit(".", 1)[-1]  # to_onnx's input name (``stream`` for an encoded mask)
+        base, k = f"{prefix}.{what}", 0
         name = base
         while name in taken:
             k += 1
@@ -188,7 +194,7 @@ def _rebuild(model: onnx.ModelProto, entries: list[Entry]) -> onnx.ModelProto:
     return out
 
 
-def _analyse(model: onnx.ModelProto) -> tuple[list[Entry], r.OptimizeReport]:
+def _analyse(model: onnx.ModelProto, encoding: str = encodings.AUTO) -> tuple[list[Entry], r.OptimizeReport]:
     """The working entries with every fusion applied, and the report so far (no output model yet)."""
     version_in = versions.micronet_version(model)
     entries = _read(model, version_in) if version_in is not None else []
@@ -202,11 +208,33 @@ def _analyse(model: onnx.ModelProto) -> tuple[list[Entry], r.OptimizeReport]:
         report.fused = _fuse_all(entries, model, consts, shapes)
         report.left = _refusals(entries, model, consts, shapes)
         report.format_version_out = spec.OPSET_VERSION
+        report.reencoded = _reencode(entries, encoding)
     return entries, report
 
 
+def _reencode(entries: list[Entry], request: str) -> list[r.Reencoding]:
+    """Store each node's assignment in ``request`` (``auto``: its cheapest encoding, the exporter's
+    default; ``keep``: as it is). The output is written in the current format version, so a file from
+    before version 3 gains the encodings as it is optimized."""
+    if request == KEEP_ENCODING:
+        return []
+    out = []
+    for e in entries:
+        if not isinstance(e, Slot):
+            continue
+        before, size_before = e.node.encoding, e.node.stored_assignment_bytes()
+        e.node.version = spec.OPSET_VERSION
+        e.node.choose_encoding(request)
+        if e.node.encoding == before:
+            continue
+        e.changed |= {spec.IN_MASK, spec.IN_MASK + 1}
+        e.dirty = True
+        out.append(r.Reencoding(e.label, before, e.node.encoding, size_before, e.node.stored_assignment_bytes()))
+    return out
+
+
 def optimize_model(model: onnx.ModelProto, *, check: bool = True, probe_batch: int = 2,
-                   seed: int = 0) -> tuple[onnx.ModelProto, r.OptimizeReport]:
+                   seed: int = 0, encoding: str = encodings.AUTO) -> tuple[onnx.ModelProto, r.OptimizeReport]:
     """``model`` in the current TernaryConv format with the fusions of `rules` made, and the report.
 
     A model without TernaryConv nodes comes back unchanged. With ``check`` (the default) the result
@@ -214,7 +242,9 @@ def optimize_model(model: onnx.ModelProto, *, check: bool = True, probe_batch: i
     each input: ``probe_batch``); a mismatch raises `OptimizeError`. A malformed TernaryConv node
     raises `spec.FormatError`.
     """
-    entries, report = _analyse(model)
+    if encoding not in ENCODING_REQUESTS:
+        raise OptimizeError(f"unknown encoding {encoding!r} (one of {', '.join(ENCODING_REQUESTS)})")
+    entries, report = _analyse(model, encoding)
     if not report.ternary_nodes:
         out = onnx.ModelProto()
         out.CopyFrom(model)
@@ -233,7 +263,7 @@ def optimize_model(model: onnx.ModelProto, *, check: bool = True, probe_batch: i
 def would_optimize(model: onnx.ModelProto) -> int:
     """How many fusions `optimize_model` would make on ``model`` (0: it would gain nothing from
     `mnx optimize`). Nothing is written or checked; cheap next to a benchmark."""
-    return len(_analyse(model)[1].fused)
+    return len(_analyse(model, KEEP_ENCODING)[1].fused)
 
 
-__all__ = ["OptimizeError", "optimize_model", "would_optimize"]
+__all__ = ["ENCODING_REQUESTS", "KEEP_ENCODING", "OptimizeError", "optimize_model", "would_optimize"]

@@ -48,6 +48,17 @@ class Parity:
 
 
 @dataclass
+class Reencoding:
+    """A node whose assignment the pass stored in another encoding (same codes, fewer bytes)."""
+
+    node: str
+    encoding_in: str
+    encoding_out: str
+    bytes_in: int  # of the assignment (inputs 1 and 2)
+    bytes_out: int
+
+
+@dataclass
 class OptimizeReport:
     format_version_in: int | None  # the micronet opset the input imports (None: no TernaryConv)
     format_version_out: int | None
@@ -57,11 +68,12 @@ class OptimizeReport:
     fused: list[Fusion] = field(default_factory=list)
     left: list[Refusal] = field(default_factory=list)
     parity: Parity | None = None  # None when not checked (check=False, or nothing to check)
+    reencoded: list[Reencoding] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        """Whether the output differs from the input (a fusion, or the format version raised)."""
-        return bool(self.fused) or self.format_version_in != self.format_version_out
+        """Whether the output differs from the input (a fusion, a re-encoding, the format version raised)."""
+        return bool(self.fused or self.reencoded) or self.format_version_in != self.format_version_out
 
     def counts(self) -> dict[str, int]:
         """Fusions per kind, every kind listed."""
