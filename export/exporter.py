@@ -18,6 +18,7 @@ import torch
 
 from micronet_onnx import __version__
 from micronet_onnx.export import parity
+from micronet_onnx.export.annotate import annotate_model
 from micronet_onnx.export.errors import ExportError, ParityError
 from micronet_onnx.export.folding import rounded_reference
 from micronet_onnx.export.graph import LayerReport, build_graph
@@ -33,6 +34,7 @@ from micronet_onnx.format.versions import (
     portable_opset_imports,
 )
 from micronet_onnx.model import MicroNet
+from micronet_onnx.progress import ProgressFn, emit
 from micronet_onnx.training.ec2t import is_ternary, overall_sparsity
 
 PRODUCER = "micronet-onnx"
@@ -235,6 +237,8 @@ def export_model(
     metadata: dict[str, str] | None = None,
     format_version: int = tf.OPSET_VERSION,
     portable: bool = False,
+    annotate: bool = True,
+    progress: ProgressFn | None = None,
     encoding: str = "auto",
 ) -> ExportReport:
     """Export ``model`` (read only; evaluated in eval mode) to ``path``.
@@ -251,6 +255,7 @@ def export_model(
     ``portable`` (EC2T models, not with ``ternary``): standard ONNX only, the dense layout with every
     ternary conv's codes stored as INT2 and looked up by standard ops (`export.portable`, its own
     opset/IR pins); checked in stock onnxruntime.
+    ``annotate``: node doc strings, readable metadata (`export.annotate`); ``progress``: events per step.
 
     Raises `ExportError` for requests that cannot be met and `ParityError` (nothing written) when
     the file does not compute the model's function within tolerance.
@@ -261,7 +266,8 @@ def export_model(
     model = copy.deepcopy(model).cpu().float().eval()
     channels = int(model.stem_conv.in_channels)
     hw = _input_hw(probe, input_size, channels)
-
+    steps = 3 + bool(check)  # build graph, check, [parity,] write
+    emit(progress, "export", 0, steps, "build graph")
     built = build_graph(model, ternary=ternary, fp16=fp16, input_hw=hw, format_version=format_version,
                         portable=portable, encoding=encoding)
     dense = built if not (ternary or fp16 or portable) else build_graph(model, ternary=False, fp16=False, input_hw=hw)
@@ -272,36 +278,43 @@ def export_model(
     meta = _metadata(model, format_version=format_version, kind=kind, fp16=fp16, source=source,
                      sparsity=sparsity, stored_sparsity=stored_sparsity, channels=channels, hw=hw,
                      extra=metadata)
+    emit(progress, "export", 1, steps, "check")
     proto = _model_proto(built.graph, ternary=ternary, format_version=format_version, meta=meta, portable=portable)
+    if annotate:
+        meta.update(annotate_model(proto, kind=kind, ternary_layers=len(built.layers), sparsity=sparsity,
+                                   prefix=META_PREFIX))
     data = proto.SerializeToString()
     t_build = time.perf_counter() - t0
 
     report_parity = None
     if check:
+        emit(progress, "export", 2, steps, "parity")
         x = probe if probe is not None else parity.default_probe(channels=channels, hw=hw)
-        report_parity = parity.check(
-            data, model, rounded_reference(model), x, ternary=ternary,
-            fp16_layers=len(built.fp16_layers), rounded_layers=len(built.rounded_layers),
-        )
-        if not report_parity.passed:
-            raise ParityError(report_parity.failure() + f"; nothing written to {path}", report_parity)
+        report_parity = _parity(data, model, built, x, ternary=ternary, path=path, progress=progress)
     t_check = time.perf_counter() - t0 - t_build
 
+    emit(progress, "export", steps - 1, steps, "write")
     write_atomic(data, path)
     total = time.perf_counter() - t0
     return ExportReport(
         path=str(path), ternary=ternary, fp16=fp16, file_bytes=len(data), dense_equivalent_bytes=dense_equiv,
-        node_count=len(proto.graph.node),
-        nodes_by_op=dict(Counter(n.op_type for n in proto.graph.node)),
-        ternary_layers=built.layers,
-        ec2t_sparsity=sparsity,
-        stored_sparsity=stored_sparsity,
-        parity=report_parity,
-        format_version=format_version,
-        portable=portable,
+        node_count=len(proto.graph.node), nodes_by_op=dict(Counter(n.op_type for n in proto.graph.node)),
+        ternary_layers=built.layers, ec2t_sparsity=sparsity, stored_sparsity=stored_sparsity,
+        parity=report_parity, format_version=format_version, portable=portable,
         seconds={"build": t_build, "check": t_check, "write": total - t_build - t_check, "total": total},
         metadata=meta,
     )
+
+
+def _parity(data: bytes, model: MicroNet, built, probe: torch.Tensor, *, ternary: bool, path: Path,
+            progress: ProgressFn | None) -> parity.ParityReport:
+    """The parity check of the serialized file (``built``: its `BuiltGraph`); `ParityError` on failure."""
+    report = parity.check(data, model, rounded_reference(model), probe, ternary=ternary,
+                          fp16_layers=len(built.fp16_layers), rounded_layers=len(built.rounded_layers),
+                          progress=progress)
+    if not report.passed:
+        raise ParityError(report.failure() + f"; nothing written to {path}", report)
+    return report
 
 
 def export_checkpoint(
@@ -315,6 +328,8 @@ def export_checkpoint(
     best: bool = True,
     format_version: int = tf.OPSET_VERSION,
     portable: bool = False,
+    annotate: bool = True,
+    progress: ProgressFn | None = None,
     encoding: str = "auto",
 ) -> ExportReport:
     """Load a checkpoint (`micronet_onnx.training.checkpoint.Checkpoint`) and export it; see `export_model`.
@@ -340,7 +355,8 @@ def export_checkpoint(
     probe = parity.default_probe(batch=probe_batch, channels=int(model.stem_conv.in_channels))
     return export_model(
         model, path, ternary=ternary, fp16=fp16, probe=probe, check=check,
-        source=checkpoint.name, format_version=format_version, portable=portable, encoding=encoding,
+        source=checkpoint.name, format_version=format_version, portable=portable, annotate=annotate,
+        progress=progress, encoding=encoding,
         metadata={"source_sha256": file_hash(checkpoint), "source_weights": which, **_training_metadata(ckpt)},
     )
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from micronet_onnx.model import MicroNet
+from micronet_onnx.progress import ProgressFn, emit
 
 U16 = 2.0**-11
 """Unit roundoff of float16 (11 significant bits): relative error of one rounding, at most."""
@@ -120,15 +121,20 @@ def compare(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 @torch.no_grad()
 def check(data: bytes, model: MicroNet, rounded: MicroNet, probe: torch.Tensor, *, ternary: bool,
-          fp16_layers: int, rounded_layers: int) -> ParityReport:
-    """Run the file and both PyTorch references on ``probe`` and measure."""
+          fp16_layers: int, rounded_layers: int, progress: ProgressFn | None = None) -> ParityReport:
+    """Run the file and both PyTorch references on ``probe`` and measure; ``progress`` gets a
+    ``"parity"`` event before each of the three runs and one when they are done."""
     import time
 
     t0 = time.perf_counter()
     x = probe.detach().to(torch.float32).cpu().contiguous()
+    emit(progress, "parity", 0, 3, "PyTorch, float16-rounded")
     ref_rounded = rounded.eval()(x).numpy()
+    emit(progress, "parity", 1, 3, "PyTorch, as trained")
     ref_plain = model.eval()(x).numpy()
+    emit(progress, "parity", 2, 3, "the file, " + ("numpy reference evaluator" if ternary else "onnxruntime"))
     out = run_file(data, x.numpy(), ternary=ternary)
+    emit(progress, "parity", 3, 3, "done")
     d, a = compare(out, ref_rounded)
     du, au = compare(out, ref_plain)
     scale_r = float(np.abs(ref_rounded).max()) if np.isfinite(ref_rounded).all() else float("nan")

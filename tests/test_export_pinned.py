@@ -25,8 +25,11 @@ PINNED = {
 }
 
 
-def _digest(path) -> str:
+def _digest(path, *, clear_docs: bool = False) -> str:
     model = onnx.load(str(path))
+    if clear_docs:  # the annotate pass (export.annotate) adds only node doc strings to the graph
+        for node in model.graph.node:
+            node.doc_string = ""
     h = hashlib.sha256()
     h.update(str(model.ir_version).encode())
     for op in model.opset_import:
@@ -39,5 +42,7 @@ def _digest(path) -> str:
 def test_export_is_byte_stable(tmp_path, ternary, version, fp16):
     model = tiny_model(ternary=True, seed=3)
     path = tmp_path / "m.onnx"
-    mx.export_model(model, path, ternary=ternary, fp16=fp16, format_version=version, check=False)
+    mx.export_model(model, path, ternary=ternary, fp16=fp16, format_version=version, check=False,
+                    annotate=False)
     assert _digest(path) == PINNED[(ternary, version, fp16)]
+
