@@ -5,6 +5,7 @@ a change of world size, and a checkpoint without rank-specific state or DDP pref
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,17 @@ def _torchrun(args: list[str], n: int = 2) -> subprocess.CompletedProcess:
     for k in distributed.ENV_VARS:
         env.pop(k, None)
     cmd = [str(TORCHRUN), "--nproc-per-node", str(n), "--standalone", "-m", "micronet_onnx", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    # Its own session, so that a timeout takes the ranks down with torchrun (killing torchrun alone
+    # leaves them waiting in a collective for ever).
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _close(a: dict, b: dict, codes_tol: float = 0.002) -> None:
